@@ -7,12 +7,12 @@ Docs: https://gtsr.github.io/gtsr/cli.html.md"""
 # %% auto #0
 __all__ = ['build_parser', 'main']
 
-# %% ../nbs/07_cli.ipynb #ab82726c
+# %% ../nbs/07_cli.ipynb #ab16a45b
 import argparse, sys
 from pathlib import Path
 from .data import GtsrError
 
-# %% ../nbs/07_cli.ipynb #7b20d05e
+# %% ../nbs/07_cli.ipynb #454bcaad
 def _download(args):
     from gtsr.download import download_gtsrb
     download_gtsrb(args.dest, source=args.source, mirror=args.mirror, quiet=args.quiet)
@@ -43,3 +43,6 @@ def main(argv=None, # arguments, default `sys.argv[1:]`
         print(f"gtsr {args.command}: interrupted", file=sys.stderr)
         return 130
     return 0
+
+# %% ../nbs/07_cli.ipynb #c246dbdb
+if __name__ == '__main__': sys.exit(main())

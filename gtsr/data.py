@@ -8,13 +8,13 @@ Docs: https://gtsr.github.io/gtsr/data.html.md"""
 __all__ = ['CLASS_NAMES', 'N_CLASSES', 'COLUMNS', 'default_data_dir', 'GtsrError', 'DatasetError', 'track_id', 'load_gtsrb',
            'track_split']
 
-# %% ../nbs/00_data.ipynb #79966c00
+# %% ../nbs/00_data.ipynb #3ae4af83
 import os
 from pathlib import Path
 import numpy as np
 import pandas as pd
 
-# %% ../nbs/00_data.ipynb #99d8f109
+# %% ../nbs/00_data.ipynb #0260241d
 CLASS_NAMES = [
     'Speed limit (20km/h)', 'Speed limit (30km/h)', 'Speed limit (50km/h)', 'Speed limit (60km/h)',
     'Speed limit (70km/h)', 'Speed limit (80km/h)', 'End of speed limit (80km/h)', 'Speed limit (100km/h)',
@@ -38,7 +38,7 @@ class GtsrError(Exception):
 class DatasetError(GtsrError, ValueError):
     "A folder that does not hold GTSRB in a layout `load_gtsrb` knows."
 
-# %% ../nbs/00_data.ipynb #c837cfdd
+# %% ../nbs/00_data.ipynb #872fc173
 _CSV_COLUMNS = {'Width': 'width', 'Height': 'height', 'Roi.X1': 'roi_x1', 'Roi.Y1': 'roi_y1',
                 'Roi.X2': 'roi_x2', 'Roi.Y2': 'roi_y2', 'ClassId': 'class_id'}
 COLUMNS = ['path', 'split', 'class_id', 'name', 'track', 'width', 'height', 'roi_x1', 'roi_y1', 'roi_x2', 'roi_y2']
@@ -55,7 +55,7 @@ def track_id(class_id:int, track:int) -> str:
     "An id for a physical-sign track, unique across the set: file names number tracks within each class only."
     return f"{int(class_id):02d}_{int(track):05d}"
 
-# %% ../nbs/00_data.ipynb #4c6cd9b1
+# %% ../nbs/00_data.ipynb #bda6fa84
 def _official_train(root:Path) -> pd.DataFrame|None:
     "Training rows of the official layout under `root`, or None if it has none."
     csvs = sorted(root.glob('**/Final_Training/Images/*/GT-*.csv'))
@@ -96,7 +96,7 @@ def _kaggle_part(root:Path, split:str) -> pd.DataFrame|None:
     else: df['track'] = None
     return df.assign(split=split)
 
-# %% ../nbs/00_data.ipynb #5cfd56ab
+# %% ../nbs/00_data.ipynb #9db859ef
 _EXPECTED = ("Expected an extracted GTSRB folder: the official layout "
              "(GTSRB/Final_Training/Images/000NN/GT-000NN.csv and/or GTSRB/Final_Test/Images/*.ppm with GT-final_test.csv) "
              "or the Kaggle layout (Train.csv with Train/, Test.csv with Test/). Run `gtsr download` to get it.")
@@ -117,7 +117,7 @@ def load_gtsrb(path=None, # extracted GTSRB folder, either layout; default `defa
     for c in ['width', 'height', 'roi_x1', 'roi_y1', 'roi_x2', 'roi_y2']: df[c] = df[c].astype('Int64')
     return df[COLUMNS]
 
-# %% ../nbs/00_data.ipynb #f945aa5f
+# %% ../nbs/00_data.ipynb #7e586fa1
 def track_split(df:pd.DataFrame, # `load_gtsrb` table; only its 'train' rows are split
                 valid_pct:float=0.2, # share of each class's tracks that go to validation
                 seed:int=42, # random seed; the same seed gives the same split
