@@ -8,24 +8,24 @@ Docs: https://gtsr.github.io/gtsr/inference.html.md"""
 __all__ = ['BACKENDS', 'ModelError', 'default_model_path', 'verify_model', 'Prediction', 'ModelInput', 'Classifier',
            'top_predictions', 'gradcam', 'gradcam_overlay', 'export_onnx', 'benchmark']
 
-# %% ../nbs/05_inference.ipynb #bf6503a7
+# %% ../nbs/05_inference.ipynb #d9898c7e
 import json, os, time
 from pathlib import Path
 from typing import NamedTuple
 import numpy as np
 import torch
 import torch.nn as nn
-from .data import CLASS_NAMES, GtsrError, ImageError, read_image, to_model_array
+from .data import CLASS_NAMES, PROJECT_ROOT, GtsrError, ImageError, read_image, to_model_array
 from .synthetic import sha256sum
 from .train import MANIFEST
 
-# %% ../nbs/05_inference.ipynb #c495ab10
+# %% ../nbs/05_inference.ipynb #05040e2d
 class ModelError(GtsrError, RuntimeError):
     "A model file that is missing, unlisted in its manifest, or does not match its checksum."
 
 def default_model_path() -> Path:
     "The shipped model: `$GTSR_MODEL` if set, else `models/model.pkl` in the repository."
-    return Path(os.environ.get('GTSR_MODEL', Path(__file__).resolve().parents[1]/'models'/'model.pkl'))
+    return Path(os.environ.get('GTSR_MODEL') or PROJECT_ROOT/'models'/'model.pkl')
 
 def verify_model(path, # model file (.pkl or .onnx) with a manifest.json beside it
                 ) -> dict:
@@ -44,7 +44,7 @@ def verify_model(path, # model file (.pkl or .onnx) with a manifest.json beside 
                          f"expected {entry['sha256']}): the file was changed or damaged; refusing to load it.")
     return entry
 
-# %% ../nbs/05_inference.ipynb #5e668568
+# %% ../nbs/05_inference.ipynb #14a51019
 class Prediction(NamedTuple):
     "One guess: class id, English sign name, probability."
     class_id: int
@@ -133,7 +133,7 @@ def top_predictions(probabilities:np.ndarray, # 43 class probabilities
     order = np.argsort(-probabilities, kind='stable')[:topk]
     return [Prediction(int(c), CLASS_NAMES[c], float(probabilities[c])) for c in order]
 
-# %% ../nbs/05_inference.ipynb #481dafe9
+# %% ../nbs/05_inference.ipynb #2b33611f
 def _last_feature_layer(model:nn.Module, x:torch.Tensor) -> nn.Module:
     "The last top-level layer of `model` whose output is still a 4-d feature map."
     children = list(model.children())
@@ -183,7 +183,7 @@ def gradcam_overlay(clf:Classifier, # a fastai-backend classifier
     heat = Image.fromarray((matplotlib.colormaps['jet'](cam)[..., :3] * 255).astype(np.uint8)).resize(picture.size, Image.Resampling.BILINEAR)
     return Image.blend(picture, heat, alpha)
 
-# %% ../nbs/05_inference.ipynb #d1ed4c15
+# %% ../nbs/05_inference.ipynb #a55eece5
 def _add_to_manifest(path:Path, **extra):
     "Record `path`'s sha256 (and `extra`) in the manifest of its folder."
     manifest_path = path.parent/MANIFEST
@@ -231,7 +231,7 @@ def export_onnx(model_path=None, # verified learner to export; default the shipp
         paths.append(int8)
     return paths
 
-# %% ../nbs/05_inference.ipynb #6bec640e
+# %% ../nbs/05_inference.ipynb #028ed5b8
 def benchmark(model_path=None, # learner whose backends to time; default the shipped model
               backends=tuple(BACKENDS), # which backends
               batch_sizes=(64, 256), # batch sizes for throughput
