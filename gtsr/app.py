@@ -8,7 +8,7 @@ Docs: https://gtsr.github.io/gtsr/app.html.md"""
 __all__ = ['DEFAULT_THRESHOLD', 'APP_NOTEBOOK', 'MAX_UPLOAD_BYTES', 'app_classifier', 'confidence_threshold_of',
            'reference_pictures', 'top5_chart', 'error_card', 'classify_upload', 'voila_command', 'serve']
 
-# %% ../nbs/08_app.ipynb #f3e63325
+# %% ../nbs/08_app.ipynb #cfe16c02
 import base64, functools, html, io, json, os, subprocess, sys
 from pathlib import Path
 import ipywidgets as widgets
@@ -17,7 +17,7 @@ from .data import CLASS_NAMES, PROJECT_ROOT, DatasetError, ImageError, default_d
 from .inference import Classifier, default_model_path, gradcam_overlay
 from .train import MANIFEST
 
-# %% ../nbs/08_app.ipynb #e5bdff5d
+# %% ../nbs/08_app.ipynb #e0a94693
 DEFAULT_THRESHOLD = 0.5
 
 @functools.cache
@@ -43,7 +43,7 @@ def reference_pictures(data=None, # a downloaded GTSRB folder; default `$GTSR_DA
     if (df.split == 'train').sum() == 0: return {}
     return reference_images(df, path)
 
-# %% ../nbs/08_app.ipynb #ec1dee12
+# %% ../nbs/08_app.ipynb #b511b664
 def _png(img:Image.Image, side:int=160) -> bytes:
     "`img` scaled to fit a side x side box, as PNG bytes."
     img = img.copy(); img.thumbnail((side, side)) if max(img.size) > side else None
@@ -65,7 +65,7 @@ def top5_chart(predictions) -> str:
 def error_card(name:str, message:str) -> widgets.HTML:
     "A card saying that `name` could not be classified, and why."
     return widgets.HTML(f"<div class='gtsr-error' style='border-left:4px solid #c44e52;padding:6px 10px;margin:6px 0;background:#fff5f5'>"
-                        f"<b>{html.escape(name)}</b>: could not classify this file. {html.escape(message)}</div>")
+                        f"<b>{html.escape(name)}</b>: could not classify this file: {html.escape(message)}.</div>")
 
 def classify_upload(name:str, # the uploaded file's name
                     content, # its bytes (ipywidgets 8 gives a memoryview)
@@ -96,7 +96,7 @@ def classify_upload(name:str, # the uploaded file's name
     return widgets.HBox([*pictures, details], layout=widgets.Layout(flex_flow='row wrap', align_items='flex-start', margin='8px 0',
                                                                      border_bottom='1px solid #ddd', padding='0 0 8px 0'))
 
-# %% ../nbs/08_app.ipynb #fb78bb44
+# %% ../nbs/08_app.ipynb #74dc4949
 APP_NOTEBOOK = PROJECT_ROOT/'nbs'/'app.ipynb'
 MAX_UPLOAD_BYTES = 100 * 1024 * 1024
 

@@ -8,7 +8,7 @@ Docs: https://gtsr.github.io/gtsr/data.html.md"""
 __all__ = ['CLASS_NAMES', 'N_CLASSES', 'PROJECT_ROOT', 'COLUMNS', 'MAX_PIXELS', 'default_data_dir', 'GtsrError', 'DatasetError',
            'track_id', 'load_gtsrb', 'track_split', 'ImageError', 'read_image', 'to_model_array']
 
-# %% ../nbs/00_data.ipynb #07dd1faa
+# %% ../nbs/00_data.ipynb #30c8e6aa
 import os
 from pathlib import Path
 import io, warnings
@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageOps
 
-# %% ../nbs/00_data.ipynb #25a0023a
+# %% ../nbs/00_data.ipynb #23cee6ff
 CLASS_NAMES = [
     'Speed limit (20km/h)', 'Speed limit (30km/h)', 'Speed limit (50km/h)', 'Speed limit (60km/h)',
     'Speed limit (70km/h)', 'Speed limit (80km/h)', 'End of speed limit (80km/h)', 'Speed limit (100km/h)',
@@ -41,7 +41,7 @@ class GtsrError(Exception):
 class DatasetError(GtsrError, ValueError):
     "A folder that does not hold GTSRB in a layout `load_gtsrb` knows."
 
-# %% ../nbs/00_data.ipynb #e7137070
+# %% ../nbs/00_data.ipynb #1149960b
 _CSV_COLUMNS = {'Width': 'width', 'Height': 'height', 'Roi.X1': 'roi_x1', 'Roi.Y1': 'roi_y1',
                 'Roi.X2': 'roi_x2', 'Roi.Y2': 'roi_y2', 'ClassId': 'class_id'}
 COLUMNS = ['path', 'split', 'class_id', 'name', 'track', 'width', 'height', 'roi_x1', 'roi_y1', 'roi_x2', 'roi_y2']
@@ -58,7 +58,7 @@ def track_id(class_id:int, track:int) -> str:
     "An id for a physical-sign track, unique across the set: file names number tracks within each class only."
     return f"{int(class_id):02d}_{int(track):05d}"
 
-# %% ../nbs/00_data.ipynb #f933ff25
+# %% ../nbs/00_data.ipynb #abd57a7a
 def _official_train(root:Path) -> pd.DataFrame|None:
     "Training rows of the official layout under `root`, or None if it has none."
     csvs = sorted(root.glob('**/Final_Training/Images/*/GT-*.csv'))
@@ -99,7 +99,7 @@ def _kaggle_part(root:Path, split:str) -> pd.DataFrame|None:
     else: df['track'] = None
     return df.assign(split=split)
 
-# %% ../nbs/00_data.ipynb #3291ffef
+# %% ../nbs/00_data.ipynb #253073b1
 _EXPECTED = ("Expected an extracted GTSRB folder: the official layout "
              "(GTSRB/Final_Training/Images/000NN/GT-000NN.csv and/or GTSRB/Final_Test/Images/*.ppm with GT-final_test.csv) "
              "or the Kaggle layout (Train.csv with Train/, Test.csv with Test/). Run `gtsr download` to get it.")
@@ -120,7 +120,7 @@ def load_gtsrb(path=None, # extracted GTSRB folder, either layout; default `defa
     for c in ['width', 'height', 'roi_x1', 'roi_y1', 'roi_x2', 'roi_y2']: df[c] = df[c].astype('Int64')
     return df[COLUMNS]
 
-# %% ../nbs/00_data.ipynb #1ce545ad
+# %% ../nbs/00_data.ipynb #cf26e329
 def track_split(df:pd.DataFrame, # `load_gtsrb` table; only its 'train' rows are split
                 valid_pct:float=0.2, # share of each class's tracks that go to validation
                 seed:int=42, # random seed; the same seed gives the same split
@@ -138,7 +138,7 @@ def track_split(df:pd.DataFrame, # `load_gtsrb` table; only its 'train' rows are
     is_valid = train.track.isin(valid_tracks)
     return train[~is_valid], train[is_valid]
 
-# %% ../nbs/00_data.ipynb #f3b9d628
+# %% ../nbs/00_data.ipynb #5d59297d
 MAX_PIXELS = 60_000_000 # larger images are refused as possible decompression bombs (a 4000x3000 photo has 12M)
 
 class ImageError(GtsrError, ValueError):
@@ -198,8 +198,9 @@ def read_image(src, # a path, bytes, a PIL image or a numpy array
         return _to_rgb(ImageOps.exif_transpose(img))
     except ImageError as e: raise ImageError(f"{name}: {e}") from None
     except Image.DecompressionBombError as e: raise ImageError(f"{name}: refused as a possible decompression bomb ({e})") from None
-    except (Image.UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as e:
-        raise ImageError(f"{name}: not a readable image ({e})") from None
+    except Image.UnidentifiedImageError: raise ImageError(f"{name}: not a readable image (not in any image format Pillow knows)") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as e:
+        raise ImageError(f"{name}: not a readable image (corrupt or truncated: {e})") from None
 
 def to_model_array(img:Image.Image, # an RGB image, as `read_image` returns
                    size:int=32, # side of the square the model sees

@@ -1,0 +1,106 @@
+"The Voila app in real headless Chromium: upload a known sign and a non-image, read the page, take screenshots."
+import io, os, shutil, socket, subprocess, sys, time, urllib.request
+from pathlib import Path
+import pytest
+from PIL import Image
+from conftest import ROOT
+from gtsr.app import voila_command
+from gtsr.inference import default_model_path
+
+CHROMIUM = shutil.which('chromium') or '/usr/bin/chromium'
+ARTIFACTS = ROOT/'tests'/'_artifacts'
+
+def free_port() -> int:
+    with socket.socket() as s: s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
+
+@pytest.fixture(scope='module')
+def browser():
+    if not Path(CHROMIUM).exists():
+        if os.environ.get('GTSR_REQUIRE_BROWSER'): pytest.fail(f"chromium not found at {CHROMIUM} (apt-get install chromium)")
+        pytest.skip("needs Debian's chromium (apt-get install chromium) for the browser test")
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic',
+                              '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'])
+        yield b
+        b.close()
+
+@pytest.fixture(scope='module')
+def app_url(tmp_path_factory, request):
+    "The app served by Voila on 127.0.0.1 with the shipped model (and the real data for references, when present)."
+    port = free_port()
+    env = {**os.environ, 'GTSR_MODEL': str(default_model_path())}
+    real = request.getfixturevalue('optional_real_data')
+    if real: env['GTSR_DATA'] = str(real)
+    log = open(tmp_path_factory.mktemp('voila')/'voila.log', 'w')
+    proc = subprocess.Popen(voila_command(port), env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    url = f'http://127.0.0.1:{port}/'
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try: urllib.request.urlopen(url, timeout=5); break
+        except Exception: time.sleep(0.5)
+        assert proc.poll() is None, f"voila exited early: {Path(log.name).read_text()}"
+    yield url
+    proc.terminate(); proc.wait(20)
+
+@pytest.fixture(scope='module')
+def optional_real_data(request):
+    "The extracted real GTSRB if the mirror is there, else None (the test then checks only that a prediction appears)."
+    from conftest import MIRROR
+    if not (MIRROR/'GTSRB_Final_Test_Images.zip').is_file(): return None
+    return request.getfixturevalue('real_data')
+
+def known_sign(real, tmp_path) -> tuple[Path, str|None]:
+    "A test image of a known class (real data when present) saved as PNG, and its class name."
+    from gtsr.data import load_gtsrb
+    if real:
+        test = load_gtsrb(real).query("split == 'test' and class_id == 14")
+        src, name = test.path.iloc[0], 'Stop'
+    else:
+        from gtsr.synthetic import draw_sign
+        src, name = draw_sign(14, 64), None
+    img = Image.open(src) if isinstance(src, str) else src
+    out = tmp_path/'sign.png'; img.convert('RGB').save(out)
+    return out, name
+
+def upload(page, files):
+    with page.expect_file_chooser() as fc: page.click('button.widget-upload')
+    fc.value.set_files([str(f) for f in files])
+
+def test_app_classifies_an_upload_in_chromium(browser, app_url, optional_real_data, tmp_path):
+    ARTIFACTS.mkdir(exist_ok=True)
+    sign, name = known_sign(optional_real_data, tmp_path)
+    junk = tmp_path/'notes.txt'; junk.write_text('this is not a picture')
+    page = browser.new_page(viewport={'width': 1200, 'height': 900})
+    page.goto(app_url, timeout=120_000)
+    page.wait_for_selector('button.widget-upload', timeout=120_000)
+    start = time.time()
+    upload(page, [sign, junk])
+    page.wait_for_selector('.gtsr-prediction', timeout=60_000)
+    elapsed = time.time() - start
+    prediction = page.inner_text('.gtsr-prediction')
+    if name: assert name in prediction, prediction
+    assert page.locator('.gtsr-top5').count() == 1
+    error = page.inner_text('.gtsr-error')
+    assert 'notes.txt' in error and 'could not classify' in error
+    page.screenshot(path=str(ARTIFACTS/'app.png'), full_page=True)
+    print(f"prediction shown {elapsed:.2f} s after the upload: {prediction!r}")
+    page.set_viewport_size({'width': 390, 'height': 844})
+    page.screenshot(path=str(ARTIFACTS/'app-phone.png'), full_page=True)
+    page.close()
+
+def test_app_survives_a_huge_and_a_corrupt_upload(browser, app_url, tmp_path):
+    "A 12 MB, 4000x3000 photo and a truncated PNG: a prediction for the first, a message for the second, kernel alive."
+    import numpy as np
+    big = tmp_path/'big.bmp'
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (3000, 4000, 3), dtype=np.uint8)).save(big)
+    assert big.stat().st_size > 10 * 1024 * 1024
+    good = io.BytesIO(); Image.new('RGB', (64, 64), 'red').save(good, 'PNG')
+    broken = tmp_path/'broken.png'; broken.write_bytes(good.getvalue()[:60])
+    page = browser.new_page(viewport={'width': 1200, 'height': 900})
+    page.goto(app_url, timeout=120_000)
+    page.wait_for_selector('button.widget-upload', timeout=120_000)
+    upload(page, [big, broken])
+    page.wait_for_selector('.gtsr-prediction', timeout=120_000)
+    assert 'broken.png' in page.inner_text('.gtsr-error')
+    page.close()
