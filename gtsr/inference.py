@@ -8,7 +8,7 @@ Docs: https://gtsr.github.io/gtsr/inference.html.md"""
 __all__ = ['BACKENDS', 'ModelError', 'default_model_path', 'verify_model', 'Prediction', 'ModelInput', 'Classifier',
            'top_predictions', 'gradcam', 'gradcam_overlay', 'export_onnx', 'benchmark']
 
-# %% ../nbs/05_inference.ipynb #d9898c7e
+# %% ../nbs/05_inference.ipynb #8d3276b8
 import json, os, time
 from pathlib import Path
 from typing import NamedTuple
@@ -19,7 +19,7 @@ from .data import CLASS_NAMES, PROJECT_ROOT, GtsrError, ImageError, read_image, 
 from .synthetic import sha256sum
 from .train import MANIFEST
 
-# %% ../nbs/05_inference.ipynb #05040e2d
+# %% ../nbs/05_inference.ipynb #0388ec06
 class ModelError(GtsrError, RuntimeError):
     "A model file that is missing, unlisted in its manifest, or does not match its checksum."
 
@@ -44,7 +44,7 @@ def verify_model(path, # model file (.pkl or .onnx) with a manifest.json beside 
                          f"expected {entry['sha256']}): the file was changed or damaged; refusing to load it.")
     return entry
 
-# %% ../nbs/05_inference.ipynb #14a51019
+# %% ../nbs/05_inference.ipynb #d8f49c15
 class Prediction(NamedTuple):
     "One guess: class id, English sign name, probability."
     class_id: int
@@ -91,7 +91,7 @@ class Classifier:
             meta = learn.gtsr
             net = ModelInput(learn.model, meta['mean'], meta['std']).eval()
             def predict_arrays(arrays):
-                with torch.inference_mode(): return net(torch.from_numpy(np.ascontiguousarray(arrays))).numpy()
+                with torch.inference_mode(): return net(torch.from_numpy(np.require(arrays, np.uint8, ['C', 'W']))).numpy()
             return cls(predict_arrays, meta['size'], backend, path, learn)
         onnx_file = _onnx_path(path, backend)
         if not onnx_file.is_file():
@@ -133,7 +133,7 @@ def top_predictions(probabilities:np.ndarray, # 43 class probabilities
     order = np.argsort(-probabilities, kind='stable')[:topk]
     return [Prediction(int(c), CLASS_NAMES[c], float(probabilities[c])) for c in order]
 
-# %% ../nbs/05_inference.ipynb #2b33611f
+# %% ../nbs/05_inference.ipynb #b5e37a68
 def _last_feature_layer(model:nn.Module, x:torch.Tensor) -> nn.Module:
     "The last top-level layer of `model` whose output is still a 4-d feature map."
     children = list(model.children())
@@ -183,7 +183,7 @@ def gradcam_overlay(clf:Classifier, # a fastai-backend classifier
     heat = Image.fromarray((matplotlib.colormaps['jet'](cam)[..., :3] * 255).astype(np.uint8)).resize(picture.size, Image.Resampling.BILINEAR)
     return Image.blend(picture, heat, alpha)
 
-# %% ../nbs/05_inference.ipynb #a55eece5
+# %% ../nbs/05_inference.ipynb #975ef27c
 def _add_to_manifest(path:Path, **extra):
     "Record `path`'s sha256 (and `extra`) in the manifest of its folder."
     manifest_path = path.parent/MANIFEST
@@ -231,7 +231,7 @@ def export_onnx(model_path=None, # verified learner to export; default the shipp
         paths.append(int8)
     return paths
 
-# %% ../nbs/05_inference.ipynb #028ed5b8
+# %% ../nbs/05_inference.ipynb #37ccbcf5
 def benchmark(model_path=None, # learner whose backends to time; default the shipped model
               backends=tuple(BACKENDS), # which backends
               batch_sizes=(64, 256), # batch sizes for throughput

@@ -1,0 +1,93 @@
+"`gtsr train` and `gtsr evaluate` end to end on synthetic data; resume; checksum refusal; pretrained without weights."
+import json, os, shutil, signal, subprocess, sys, time
+from pathlib import Path
+import pytest
+from conftest import run_gtsr
+from gtsr.synthetic import make_synthetic_gtsrb
+
+TINY = ['--arch', 'signnet', '--no-pretrained', '--width', '8', '--bs', '32']
+
+@pytest.fixture(scope='session')
+def synthetic_data(tmp_path_factory):
+    return make_synthetic_gtsrb(tmp_path_factory.mktemp('syn')/'gtsrb', tracks_per_class=3, images_per_track=4)
+
+@pytest.fixture(scope='session')
+def tiny_model(synthetic_data, tmp_path_factory):
+    "A signnet trained for a few epochs on the synthetic data through the command line."
+    out = tmp_path_factory.mktemp('run')
+    r = run_gtsr('train', '--data', synthetic_data, '--out', out, '--epochs', '8', '--all-train', *TINY,
+                 env={'GTSR_CACHE': str(tmp_path_factory.mktemp('cache'))})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert 'model:' in r.stdout
+    return out/'model.pkl'
+
+def test_train_exports_model_and_manifest(tiny_model):
+    manifest = json.loads((tiny_model.parent/'manifest.json').read_text())
+    from gtsr.synthetic import sha256sum
+    assert manifest['model.pkl']['sha256'] == sha256sum(tiny_model)
+    assert manifest['model.pkl']['arch'] == 'signnet'
+
+def test_evaluate_writes_metrics_and_figures(tiny_model, synthetic_data, tmp_path):
+    r = run_gtsr('evaluate', '--data', synthetic_data, '--model', tiny_model, '--out', tmp_path/'eval')
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert 'top-1 accuracy' in r.stdout
+    m = json.loads((tmp_path/'eval'/'metrics.json').read_text())
+    assert m['images'] == 43 and 0 <= m['accuracy'] <= 1 and len(m['per_class']) == 43
+    assert {'macro_precision', 'macro_recall', 'macro_f1', 'ece'} <= set(m)
+    for png in ['confusion_matrix', 'most_confused', 'top_losses', 'reliability']: assert (tmp_path/'eval'/f'{png}.png').stat().st_size > 5000
+    assert m['accuracy'] > 3 / 43, "a trained model should beat chance on the synthetic signs"
+
+def test_evaluate_without_labels_is_an_error(tiny_model, synthetic_data, tmp_path):
+    shutil.copytree(synthetic_data/'GTSRB'/'Final_Test', tmp_path/'unlabelled'/'GTSRB'/'Final_Test')
+    r = run_gtsr('evaluate', '--data', tmp_path/'unlabelled', '--model', tiny_model, '--out', tmp_path/'eval')
+    assert r.returncode == 1 and 'have no labels' in r.stderr and 'Traceback' not in r.stderr
+
+def test_reloaded_model_predicts_like_the_trained_one(tiny_model, synthetic_data):
+    from gtsr.inference import Classifier
+    from gtsr.data import load_gtsrb
+    paths = list(load_gtsrb(synthetic_data).query("split == 'test'").path[:10])
+    a, b = Classifier.load(tiny_model), Classifier.load(tiny_model)
+    assert [p[0] for p in a.predict_batch(paths)] == [p[0] for p in b.predict_batch(paths)]
+
+def test_modified_model_is_refused(tiny_model, tmp_path):
+    shutil.copytree(tiny_model.parent, tmp_path/'m')
+    with open(tmp_path/'m'/'model.pkl', 'r+b') as f: f.seek(100); f.write(b'\x00\x01\x02')
+    r = run_gtsr('predict', '--model', tmp_path/'m'/'model.pkl', tiny_model)
+    assert r.returncode == 1 and 'does not match its checksum' in r.stderr and 'refusing to load' in r.stderr
+
+def test_model_missing_from_manifest_is_refused(tiny_model, tmp_path):
+    shutil.copy(tiny_model, tmp_path/'other.pkl'); shutil.copy(tiny_model.parent/'manifest.json', tmp_path)
+    r = run_gtsr('predict', '--model', tmp_path/'other.pkl', tiny_model)
+    assert r.returncode == 1 and 'not listed' in r.stderr
+
+def test_missing_model_is_a_clear_error(tmp_path):
+    r = run_gtsr('predict', '--model', tmp_path/'none.pkl', tmp_path)
+    assert r.returncode == 1 and 'No model at' in r.stderr and 'gtsr train' in r.stderr
+
+def test_resume_after_interruption(synthetic_data, tmp_path):
+    "Interrupt a real run with Ctrl-C after its first checkpoint, then --resume finishes it."
+    out, env = tmp_path/'run', {**os.environ, 'GTSR_CACHE': str(tmp_path/'cache')}
+    cmd = [sys.executable, '-m', 'gtsr.cli', 'train', '--data', str(synthetic_data), '--out', str(out), '--epochs', '30', *TINY]
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (out/'progress.json').exists() and time.time() < deadline and p.poll() is None: time.sleep(0.2)
+    assert p.poll() is None, "training ended before it could be interrupted"
+    p.send_signal(signal.SIGINT)
+    p.communicate(timeout=120)
+    assert p.returncode == 130
+    stopped = json.loads((out/'progress.json').read_text())['epoch']
+    assert 1 <= stopped < 30 and not (out/'model.pkl').exists()
+    r = subprocess.run(cmd + ['--resume'], env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    progress = json.loads((out/'progress.json').read_text())
+    assert progress['epoch'] == 30 and (out/'model.pkl').exists()
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert r.returncode == 1 and '--resume' in r.stderr
+
+def test_pretrained_without_weights_stops_with_a_message(synthetic_data, tmp_path):
+    if os.environ.get('GTSR_ONLINE'): pytest.skip('this machine can download ImageNet weights')
+    r = run_gtsr('train', '--data', synthetic_data, '--out', tmp_path/'run', '--arch', 'resnet18', '--pretrained', '--epochs', '1',
+                 env={'TORCH_HOME': str(tmp_path/'torch'), 'GTSR_CACHE': str(tmp_path/'cache')})
+    assert r.returncode == 1
+    assert 'ImageNet weights for resnet18 could not be downloaded' in r.stderr and '--no-pretrained' in r.stderr
+    assert not (tmp_path/'run'/'model.pkl').exists()
