@@ -8,7 +8,7 @@ Docs: https://gtsr.github.io/gtsr/app.html.md"""
 __all__ = ['DEFAULT_THRESHOLD', 'APP_NOTEBOOK', 'MAX_UPLOAD_BYTES', 'app_classifier', 'confidence_threshold_of',
            'reference_pictures', 'top5_chart', 'error_card', 'classify_upload', 'voila_command', 'serve']
 
-# %% ../nbs/08_app.ipynb #cfe16c02
+# %% ../nbs/08_app.ipynb #ea751f9f
 import base64, functools, html, io, json, os, subprocess, sys
 from pathlib import Path
 import ipywidgets as widgets
@@ -17,7 +17,7 @@ from .data import CLASS_NAMES, PROJECT_ROOT, DatasetError, ImageError, default_d
 from .inference import Classifier, default_model_path, gradcam_overlay
 from .train import MANIFEST
 
-# %% ../nbs/08_app.ipynb #e0a94693
+# %% ../nbs/08_app.ipynb #9465ed9a
 DEFAULT_THRESHOLD = 0.5
 
 @functools.cache
@@ -43,7 +43,7 @@ def reference_pictures(data=None, # a downloaded GTSRB folder; default `$GTSR_DA
     if (df.split == 'train').sum() == 0: return {}
     return reference_images(df, path)
 
-# %% ../nbs/08_app.ipynb #b511b664
+# %% ../nbs/08_app.ipynb #0a6b3575
 def _png(img:Image.Image, side:int=160) -> bytes:
     "`img` scaled to fit a side x side box, as PNG bytes."
     img = img.copy(); img.thumbnail((side, side)) if max(img.size) > side else None
@@ -55,12 +55,12 @@ def top5_chart(predictions) -> str:
     "An HTML horizontal bar chart of the predictions, names beside their bars."
     rows = ''.join(
         f"<div style='display:flex;align-items:center;margin:2px 0'>"
-        f"<span style='width:250px;font-size:13px;overflow:hidden;white-space:nowrap;text-overflow:ellipsis' title='{html.escape(p.name)}'>{html.escape(p.name)}</span>"
-        f"<span style='flex:1;background:#eee;height:14px;margin:0 6px;min-width:60px'>"
+        f"<span style='flex:0 1 250px;min-width:0;font-size:13px;overflow:hidden;white-space:nowrap;text-overflow:ellipsis' title='{html.escape(p.name)}'>{html.escape(p.name)}</span>"
+        f"<span style='flex:1 1 auto;background:#eee;height:14px;margin:0 6px;min-width:40px'>"
         f"<span style='display:block;height:14px;width:{100 * p.probability:.1f}%;background:{'#2a7ab0' if k == 0 else '#9ab'}'></span></span>"
-        f"<span style='width:52px;text-align:right;font-size:13px'>{p.probability:.1%}</span></div>"
+        f"<span style='flex:0 0 50px;text-align:right;font-size:13px'>{p.probability:.1%}</span></div>"
         for k, p in enumerate(predictions))
-    return f"<div class='gtsr-top5' style='min-width:300px'>{rows}</div>"
+    return f"<div class='gtsr-top5' style='min-width:260px'>{rows}</div>"
 
 def error_card(name:str, message:str) -> widgets.HTML:
     "A card saying that `name` could not be classified, and why."
@@ -92,11 +92,11 @@ def classify_upload(name:str, # the uploaded file's name
     if show_gradcam and clf.learner is not None:
         pictures.append(widgets.VBox([widgets.Image(value=_png(gradcam_overlay(clf, data, best.class_id)), format='png'),
                                       widgets.HTML('<small>where the model looked</small>')]))
-    details = widgets.VBox([widgets.HTML(verdict + top5_chart(predictions))], layout=widgets.Layout(min_width='300px', flex='1 1 320px'))
+    details = widgets.VBox([widgets.HTML(verdict + top5_chart(predictions))], layout=widgets.Layout(min_width='260px', flex='1 1 320px'))
     return widgets.HBox([*pictures, details], layout=widgets.Layout(flex_flow='row wrap', align_items='flex-start', margin='8px 0',
                                                                      border_bottom='1px solid #ddd', padding='0 0 8px 0'))
 
-# %% ../nbs/08_app.ipynb #74dc4949
+# %% ../nbs/08_app.ipynb #f33d5892
 APP_NOTEBOOK = PROJECT_ROOT/'nbs'/'app.ipynb'
 MAX_UPLOAD_BYTES = 100 * 1024 * 1024
 
