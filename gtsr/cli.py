@@ -7,12 +7,12 @@ Docs: https://gtsr.github.io/gtsr/cli.html.md"""
 # %% auto #0
 __all__ = ['IMAGE_SUFFIXES', 'expand_inputs', 'predict_files', 'format_results', 'markdown_table', 'build_parser', 'main']
 
-# %% ../nbs/07_cli.ipynb #6836eda5
+# %% ../nbs/07_cli.ipynb #bad68943
 import argparse, sys
 from pathlib import Path
 from .data import GtsrError
 
-# %% ../nbs/07_cli.ipynb #0e06df91
+# %% ../nbs/07_cli.ipynb #13fe2440
 IMAGE_SUFFIXES = {'.jpg', '.jpeg', '.png', '.ppm', '.pgm', '.webp', '.bmp', '.gif', '.tif', '.tiff'}
 
 def expand_inputs(items) -> list[str]:
@@ -83,6 +83,13 @@ def _train(args):
                  size=args.size, width=args.width, valid_pct=args.valid_pct, all_train=args.all_train, seed=args.seed,
                  resume=args.resume, half=not args.fp32)
     print(f"model: {path} (sha256 in {path.parent/'manifest.json'})")
+
+def _bench_train(args):
+    from gtsr.evaluate import benchmark_training
+    b = benchmark_training(args.data, args.out, **({'epochs': args.epochs} if args.epochs else {}))
+    print(f"recipe: {b['recipe']}")
+    print(f"wall time {b['train_seconds'] / 60:.1f} min training ({b['total_seconds'] / 60:.1f} min with evaluation), "
+          f"peak memory {b['peak_memory_mb']:,} MB, test accuracy {b['test_accuracy']:.2%} on {b['test_images']:,} images")
 
 def _evaluate(args):
     from gtsr.evaluate import evaluate
@@ -183,6 +190,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument('--markdown', action='store_true', help='print a Markdown table')
     b.set_defaults(run=_bench)
 
+    bt = sub.add_parser('bench-train', help='retrain with the shipped recipe; print wall time, peak memory and test accuracy')
+    bt.add_argument('--data', type=Path, required=True, help='GTSRB folder with training and labelled test images')
+    bt.add_argument('--out', type=Path, default=Path('runs/bench-train'), help='folder for the run (default: runs/bench-train)')
+    bt.add_argument('--epochs', type=int, default=None, help='override the recipe\'s epochs (for a quick look)')
+    bt.set_defaults(run=_bench_train)
+
     a = sub.add_parser('app', help='start the Voila web app on 127.0.0.1')
     a.add_argument('--port', type=int, default=8866); a.add_argument('--model', type=Path, default=None, help='model file (default: the shipped model)')
     a.set_defaults(run=_app)
@@ -201,5 +214,5 @@ def main(argv=None, # arguments, default `sys.argv[1:]`
         return 130
     return status or 0
 
-# %% ../nbs/07_cli.ipynb #81a249b0
+# %% ../nbs/07_cli.ipynb #54ba2f9c
 if __name__ == '__main__': sys.exit(main())

@@ -6,9 +6,9 @@ Docs: https://gtsr.github.io/gtsr/evaluate.html.md"""
 
 # %% auto #0
 __all__ = ['expected_calibration_error', 'confidence_threshold', 'evaluate', 'score', 'plot_confusion', 'most_confused',
-           'plot_most_confused', 'show_top_losses', 'plot_reliability', 'parity']
+           'plot_most_confused', 'show_top_losses', 'plot_reliability', 'parity', 'benchmark_training']
 
-# %% ../nbs/06_evaluate.ipynb #a54dd629
+# %% ../nbs/06_evaluate.ipynb #f9c35724
 import json
 from pathlib import Path
 import numpy as np
@@ -23,7 +23,7 @@ from .inference import Classifier
 from .synthetic import sha256sum
 from .train import image_cache
 
-# %% ../nbs/06_evaluate.ipynb #4eeb4b44
+# %% ../nbs/06_evaluate.ipynb #fe55e4c4
 def expected_calibration_error(probabilities:np.ndarray, # N x classes
                                labels:np.ndarray, # N true class ids
                                bins:int=15, # equal-width confidence bins
@@ -49,7 +49,7 @@ def confidence_threshold(probabilities:np.ndarray, # N x classes, on held-out da
         if inside.sum() >= 5 and correct[inside].mean() < target: threshold = float(hi)
     return threshold
 
-# %% ../nbs/06_evaluate.ipynb #38037595
+# %% ../nbs/06_evaluate.ipynb #d61072be
 def _labelled_test(data) -> pd.DataFrame:
     "The labelled test rows of the dataset at `data`, or a `DatasetError` saying why there are none."
     df = load_gtsrb(data)
@@ -93,7 +93,7 @@ def score(probabilities:np.ndarray, labels:np.ndarray) -> dict:
                 per_class={CLASS_NAMES[c]: dict(class_id=c, precision=float(p[c]), recall=float(r[c]), f1=float(f[c]), support=int(support[c]))
                            for c in range(N_CLASSES)})
 
-# %% ../nbs/06_evaluate.ipynb #8e7fb47b
+# %% ../nbs/06_evaluate.ipynb #aa27e68c
 def plot_confusion(probabilities:np.ndarray, labels:np.ndarray) -> plt.Figure:
     "43 x 43 confusion matrix (rows: true class), log colour scale so single errors show."
     cm = confusion_matrix(labels, probabilities.argmax(1), labels=range(N_CLASSES))
@@ -160,7 +160,7 @@ def plot_reliability(probabilities:np.ndarray, labels:np.ndarray, bins:int=15) -
     fig.tight_layout()
     return fig
 
-# %% ../nbs/06_evaluate.ipynb #8bcdac3f
+# %% ../nbs/06_evaluate.ipynb #31a57fe9
 def parity(data, # GTSRB folder with labelled test images
            model=None, # learner file; default the shipped model
            backends=('fastai', 'onnx', 'onnx-int8'), # backends to compare (missing ONNX files are skipped)
@@ -181,3 +181,20 @@ def parity(data, # GTSRB folder with labelled test images
     rows = [dict(backend=b, images=len(labels), accuracy=float((p == labels).mean()), errors=int((p != labels).sum()),
                  agreement_with_fastai=float((p == predicted['fastai']).mean())) for b, p in predicted.items()]
     return pd.DataFrame(rows).set_index('backend')
+
+# %% ../nbs/06_evaluate.ipynb #59b3246f
+def benchmark_training(data, # GTSRB folder with training and labelled test images
+                       out='runs/bench-train', # folder for the run (must not hold an earlier run)
+                       **overrides, # changes to `SHIPPED_RECIPE` (e.g. epochs=1 for a quick look)
+                      ) -> dict:
+    "Retrain with the shipped recipe and evaluate it; return wall time, peak memory and test accuracy."
+    import resource, time
+    from gtsr.train import SHIPPED_RECIPE, train
+    _labelled_test(data)
+    start = time.time()
+    model = train(data, out, **{**SHIPPED_RECIPE, **overrides})
+    train_seconds = time.time() - start
+    metrics = evaluate(data, model, Path(out)/'evaluation')
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return dict(train_seconds=round(train_seconds, 1), total_seconds=round(time.time() - start, 1), peak_memory_mb=round(peak),
+                test_accuracy=metrics['accuracy'], test_images=metrics['images'], recipe={**SHIPPED_RECIPE, **overrides})
