@@ -8,7 +8,7 @@ Docs: https://gtsr.github.io/gtsr/app.html.md"""
 __all__ = ['DEFAULT_THRESHOLD', 'APP_NOTEBOOK', 'MAX_UPLOAD_BYTES', 'app_classifier', 'confidence_threshold_of',
            'reference_pictures', 'top5_chart', 'error_card', 'classify_upload', 'voila_command', 'serve']
 
-# %% ../nbs/08_app.ipynb #ea751f9f
+# %% ../nbs/08_app.ipynb #7a4eb767
 import base64, functools, html, io, json, os, subprocess, sys
 from pathlib import Path
 import ipywidgets as widgets
@@ -17,7 +17,7 @@ from .data import CLASS_NAMES, PROJECT_ROOT, DatasetError, ImageError, default_d
 from .inference import Classifier, default_model_path, gradcam_overlay
 from .train import MANIFEST
 
-# %% ../nbs/08_app.ipynb #9465ed9a
+# %% ../nbs/08_app.ipynb #6f53eba3
 DEFAULT_THRESHOLD = 0.5
 
 @functools.cache
@@ -43,7 +43,7 @@ def reference_pictures(data=None, # a downloaded GTSRB folder; default `$GTSR_DA
     if (df.split == 'train').sum() == 0: return {}
     return reference_images(df, path)
 
-# %% ../nbs/08_app.ipynb #0a6b3575
+# %% ../nbs/08_app.ipynb #6d150318
 def _png(img:Image.Image, side:int=160) -> bytes:
     "`img` scaled to fit a side x side box, as PNG bytes."
     img = img.copy(); img.thumbnail((side, side)) if max(img.size) > side else None
@@ -96,7 +96,7 @@ def classify_upload(name:str, # the uploaded file's name
     return widgets.HBox([*pictures, details], layout=widgets.Layout(flex_flow='row wrap', align_items='flex-start', margin='8px 0',
                                                                      border_bottom='1px solid #ddd', padding='0 0 8px 0'))
 
-# %% ../nbs/08_app.ipynb #f33d5892
+# %% ../nbs/08_app.ipynb #b7b5c8a8
 APP_NOTEBOOK = PROJECT_ROOT/'nbs'/'app.ipynb'
 MAX_UPLOAD_BYTES = 100 * 1024 * 1024
 

@@ -7,12 +7,12 @@ Docs: https://gtsr.github.io/gtsr/cli.html.md"""
 # %% auto #0
 __all__ = ['IMAGE_SUFFIXES', 'expand_inputs', 'predict_files', 'format_results', 'markdown_table', 'build_parser', 'main']
 
-# %% ../nbs/07_cli.ipynb #bad68943
+# %% ../nbs/07_cli.ipynb #5290c76e
 import argparse, sys
 from pathlib import Path
 from .data import GtsrError
 
-# %% ../nbs/07_cli.ipynb #13fe2440
+# %% ../nbs/07_cli.ipynb #0db84828
 IMAGE_SUFFIXES = {'.jpg', '.jpeg', '.png', '.ppm', '.pgm', '.webp', '.bmp', '.gif', '.tif', '.tiff'}
 
 def expand_inputs(items) -> list[str]:
@@ -214,5 +214,5 @@ def main(argv=None, # arguments, default `sys.argv[1:]`
         return 130
     return status or 0
 
-# %% ../nbs/07_cli.ipynb #54ba2f9c
+# %% ../nbs/07_cli.ipynb #26a79526
 if __name__ == '__main__': sys.exit(main())

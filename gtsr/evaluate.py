@@ -8,7 +8,7 @@ Docs: https://gtsr.github.io/gtsr/evaluate.html.md"""
 __all__ = ['expected_calibration_error', 'confidence_threshold', 'evaluate', 'score', 'plot_confusion', 'most_confused',
            'plot_most_confused', 'show_top_losses', 'plot_reliability', 'parity', 'benchmark_training']
 
-# %% ../nbs/06_evaluate.ipynb #f9c35724
+# %% ../nbs/06_evaluate.ipynb #997605ac
 import json
 from pathlib import Path
 import numpy as np
@@ -18,12 +18,11 @@ import matplotlib.pyplot as plt
 import seaborn as sns
 from PIL import Image
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
-from .data import CLASS_NAMES, N_CLASSES, DatasetError, load_gtsrb
+from .data import CLASS_NAMES, N_CLASSES, DatasetError, load_gtsrb, file_digest
 from .inference import Classifier
-from .synthetic import sha256sum
 from .train import image_cache
 
-# %% ../nbs/06_evaluate.ipynb #fe55e4c4
+# %% ../nbs/06_evaluate.ipynb #baf65fe3
 def expected_calibration_error(probabilities:np.ndarray, # N x classes
                                labels:np.ndarray, # N true class ids
                                bins:int=15, # equal-width confidence bins
@@ -49,7 +48,7 @@ def confidence_threshold(probabilities:np.ndarray, # N x classes, on held-out da
         if inside.sum() >= 5 and correct[inside].mean() < target: threshold = float(hi)
     return threshold
 
-# %% ../nbs/06_evaluate.ipynb #d61072be
+# %% ../nbs/06_evaluate.ipynb #7e2242a3
 def _labelled_test(data) -> pd.DataFrame:
     "The labelled test rows of the dataset at `data`, or a `DatasetError` saying why there are none."
     df = load_gtsrb(data)
@@ -73,7 +72,7 @@ def evaluate(data, # GTSRB folder with labelled test images (either layout)
     probs = np.concatenate([clf.predict_arrays(np.asarray(arrays[i:i + 512])) for i in range(0, len(arrays), 512)])
     labels = test.class_id.astype(int).to_numpy()
     metrics = score(probs, labels)
-    metrics.update(model=str(clf.path), model_sha256=sha256sum(clf.path), backend=backend, data=str(data))
+    metrics.update(model=str(clf.path), model_sha256=file_digest(clf.path), backend=backend, data=str(data))
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     (out/'metrics.json').write_text(json.dumps(metrics, indent=1) + '\n')
     test.assign(predicted=probs.argmax(1), confidence=probs.max(1)).to_csv(out/'predictions.csv', index=False)
@@ -93,7 +92,7 @@ def score(probabilities:np.ndarray, labels:np.ndarray) -> dict:
                 per_class={CLASS_NAMES[c]: dict(class_id=c, precision=float(p[c]), recall=float(r[c]), f1=float(f[c]), support=int(support[c]))
                            for c in range(N_CLASSES)})
 
-# %% ../nbs/06_evaluate.ipynb #aa27e68c
+# %% ../nbs/06_evaluate.ipynb #decc5915
 def plot_confusion(probabilities:np.ndarray, labels:np.ndarray) -> plt.Figure:
     "43 x 43 confusion matrix (rows: true class), log colour scale so single errors show."
     cm = confusion_matrix(labels, probabilities.argmax(1), labels=range(N_CLASSES))
@@ -160,7 +159,7 @@ def plot_reliability(probabilities:np.ndarray, labels:np.ndarray, bins:int=15) -
     fig.tight_layout()
     return fig
 
-# %% ../nbs/06_evaluate.ipynb #31a57fe9
+# %% ../nbs/06_evaluate.ipynb #fd4177f1
 def parity(data, # GTSRB folder with labelled test images
            model=None, # learner file; default the shipped model
            backends=('fastai', 'onnx', 'onnx-int8'), # backends to compare (missing ONNX files are skipped)
@@ -182,7 +181,7 @@ def parity(data, # GTSRB folder with labelled test images
                  agreement_with_fastai=float((p == predicted['fastai']).mean())) for b, p in predicted.items()]
     return pd.DataFrame(rows).set_index('backend')
 
-# %% ../nbs/06_evaluate.ipynb #59b3246f
+# %% ../nbs/06_evaluate.ipynb #f3c9b101
 def benchmark_training(data, # GTSRB folder with training and labelled test images
                        out='runs/bench-train', # folder for the run (must not hold an earlier run)
                        **overrides, # changes to `SHIPPED_RECIPE` (e.g. epochs=1 for a quick look)

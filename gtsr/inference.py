@@ -8,18 +8,17 @@ Docs: https://gtsr.github.io/gtsr/inference.html.md"""
 __all__ = ['BACKENDS', 'ModelError', 'default_model_path', 'verify_model', 'Prediction', 'ModelInput', 'Classifier',
            'top_predictions', 'gradcam', 'gradcam_overlay', 'export_onnx', 'benchmark']
 
-# %% ../nbs/05_inference.ipynb #8d3276b8
+# %% ../nbs/05_inference.ipynb #796917da
 import json, os, time
 from pathlib import Path
 from typing import NamedTuple
 import numpy as np
 import torch
 import torch.nn as nn
-from .data import CLASS_NAMES, PROJECT_ROOT, GtsrError, ImageError, read_image, to_model_array
-from .synthetic import sha256sum
+from .data import CLASS_NAMES, PROJECT_ROOT, GtsrError, ImageError, read_image, to_model_array, file_digest
 from .train import MANIFEST
 
-# %% ../nbs/05_inference.ipynb #0388ec06
+# %% ../nbs/05_inference.ipynb #822af4ac
 class ModelError(GtsrError, RuntimeError):
     "A model file that is missing, unlisted in its manifest, or does not match its checksum."
 
@@ -38,13 +37,13 @@ def verify_model(path, # model file (.pkl or .onnx) with a manifest.json beside 
         raise ModelError(f"{path} has no {MANIFEST} beside it, so its checksum cannot be checked; refusing to load it.")
     entry = json.loads(manifest_path.read_text()).get(path.name)
     if entry is None: raise ModelError(f"{path.name} is not listed in {manifest_path}; refusing to load it.")
-    actual = sha256sum(path)
+    actual = file_digest(path)
     if actual != entry['sha256']:
         raise ModelError(f"{path} does not match its checksum in {manifest_path} (sha256 {actual}, "
                          f"expected {entry['sha256']}): the file was changed or damaged; refusing to load it.")
     return entry
 
-# %% ../nbs/05_inference.ipynb #d8f49c15
+# %% ../nbs/05_inference.ipynb #2272ef24
 class Prediction(NamedTuple):
     "One guess: class id, English sign name, probability."
     class_id: int
@@ -133,7 +132,7 @@ def top_predictions(probabilities:np.ndarray, # 43 class probabilities
     order = np.argsort(-probabilities, kind='stable')[:topk]
     return [Prediction(int(c), CLASS_NAMES[c], float(probabilities[c])) for c in order]
 
-# %% ../nbs/05_inference.ipynb #b5e37a68
+# %% ../nbs/05_inference.ipynb #2c53112a
 def _last_feature_layer(model:nn.Module, x:torch.Tensor) -> nn.Module:
     "The last top-level layer of `model` whose output is still a 4-d feature map."
     children = list(model.children())
@@ -183,12 +182,12 @@ def gradcam_overlay(clf:Classifier, # a fastai-backend classifier
     heat = Image.fromarray((matplotlib.colormaps['jet'](cam)[..., :3] * 255).astype(np.uint8)).resize(picture.size, Image.Resampling.BILINEAR)
     return Image.blend(picture, heat, alpha)
 
-# %% ../nbs/05_inference.ipynb #975ef27c
+# %% ../nbs/05_inference.ipynb #3cb79659
 def _add_to_manifest(path:Path, **extra):
     "Record `path`'s sha256 (and `extra`) in the manifest of its folder."
     manifest_path = path.parent/MANIFEST
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
-    manifest[path.name] = dict(sha256=sha256sum(path), bytes=path.stat().st_size, **extra)
+    manifest[path.name] = dict(sha256=file_digest(path), bytes=path.stat().st_size, **extra)
     manifest_path.write_text(json.dumps(manifest, indent=1) + '\n')
 
 class _CalibrationReader:
@@ -231,7 +230,7 @@ def export_onnx(model_path=None, # verified learner to export; default the shipp
         paths.append(int8)
     return paths
 
-# %% ../nbs/05_inference.ipynb #37ccbcf5
+# %% ../nbs/05_inference.ipynb #88b80c5a
 def benchmark(model_path=None, # learner whose backends to time; default the shipped model
               backends=tuple(BACKENDS), # which backends
               batch_sizes=(64, 256), # batch sizes for throughput

@@ -10,7 +10,7 @@ __all__ = ['TORCHVISION_ARCHS', 'ARCHS', 'SHIPPED_RECIPE', 'MANIFEST', 'TrainErr
            'ContrastNorm', 'conv_bn', 'ResidualBlock', 'signnet', 'make_learner', 'EpochCheckpoint', 'train',
            'export_model']
 
-# %% ../nbs/04_train.ipynb #5967a857
+# %% ../nbs/04_train.ipynb #0ea8b1a4
 import hashlib, json, os, time, urllib.error
 from multiprocessing import Pool
 from pathlib import Path
@@ -23,10 +23,9 @@ import torchvision
 from fastai.vision.all import (Callback, DataLoaders, IntToFloatTensor, LabelSmoothingCrossEntropyFlat, Learner,
                                Normalize, RandTransform, TensorCategory, TensorImage, TfmdDL, accuracy, aug_transforms,
                                imagenet_stats, load_model, save_model, set_seed, vision_learner)
-from .data import CLASS_NAMES, N_CLASSES, GtsrError, load_gtsrb, read_image, to_model_array, track_split
-from .synthetic import sha256sum
+from .data import CLASS_NAMES, N_CLASSES, GtsrError, load_gtsrb, read_image, to_model_array, track_split, file_digest
 
-# %% ../nbs/04_train.ipynb #3ab38b11
+# %% ../nbs/04_train.ipynb #60391a1a
 class TrainError(GtsrError, RuntimeError):
     "A training run that cannot start or go on (bad options, missing pretrained weights, no checkpoint to resume)."
 
@@ -59,7 +58,7 @@ def image_cache(paths, # image files
     np.save(tmp, out); os.replace(tmp, cache)
     return out
 
-# %% ../nbs/04_train.ipynb #ff85ff38
+# %% ../nbs/04_train.ipynb #673bb5a9
 class ArrayDataset:
     "Images (N x 3 x H x W uint8 tensor) and labels (N int64 tensor) that `ArrayLoader` slices into batches."
     def __init__(self, images, labels): self.images, self.labels = images, labels
@@ -108,7 +107,7 @@ def gtsrb_dataloaders(train:pd.DataFrame, # rows to train on
     dls.c, dls.vocab = N_CLASSES, CLASS_NAMES
     return dls
 
-# %% ../nbs/04_train.ipynb #e6d2269f
+# %% ../nbs/04_train.ipynb #e1d53da8
 class ContrastNorm(nn.Module):
     "Standardise each image to mean 0 and standard deviation 1 (per image, over all channels and pixels)."
     def forward(self, x):
@@ -139,7 +138,7 @@ def signnet(n_out:int=N_CLASSES, # classes
                          conv_bn(2*w, 4*w, stride=2), ResidualBlock(4*w),
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(4*w, n_out))
 
-# %% ../nbs/04_train.ipynb #08f6819b
+# %% ../nbs/04_train.ipynb #e40acef1
 TORCHVISION_ARCHS = ['resnet18', 'resnet34', 'resnet50', 'mobilenet_v3_large', 'efficientnet_b0']
 ARCHS = TORCHVISION_ARCHS + ['signnet']
 
@@ -164,7 +163,7 @@ def make_learner(dls:DataLoaders, # from `gtsrb_dataloaders`
                          f"Connect to the internet, or put torchvision's weight file for {arch} in {hub}, "
                          "or train from scratch with --no-pretrained (a different model; nothing falls back silently).") from None
 
-# %% ../nbs/04_train.ipynb #4cdd671b
+# %% ../nbs/04_train.ipynb #e8919c65
 class EpochCheckpoint(Callback):
     "Save model, optimizer and progress to `folder` after every epoch."
     order = 90
@@ -181,7 +180,7 @@ class EpochCheckpoint(Callback):
         os.replace(self.folder/'progress.partial.json', self.folder/'progress.json')
         if self.config.get('stop_after') == (self.stage, self.epoch + 1): raise KeyboardInterrupt
 
-# %% ../nbs/04_train.ipynb #51c11d2b
+# %% ../nbs/04_train.ipynb #75b6de7c
 def _stages(arch:str, pretrained:bool, epochs:int, lr:float) -> list[tuple]:
     "The (frozen, epochs, lr) stages of a run: fastai's fine_tune for pretrained nets, one cycle otherwise."
     if pretrained and arch != 'signnet': return [(True, 1, lr), (False, epochs, slice(lr / 200, lr / 2))]
@@ -248,10 +247,10 @@ def train(data=None, # extracted GTSRB folder (either layout); default `default_
     learn.gtsr['train_seconds'] = round(time.time() - start, 1)
     return export_model(learn, out/model_name, half=half)
 
-# %% ../nbs/04_train.ipynb #ce3950e1
+# %% ../nbs/04_train.ipynb #5bd31b02
 SHIPPED_RECIPE = dict(arch='signnet', pretrained=False, epochs=24, lr=4e-3, bs=128, size=32, width=32, all_train=True, seed=42)
 
-# %% ../nbs/04_train.ipynb #6e80ac35
+# %% ../nbs/04_train.ipynb #6c506b4f
 MANIFEST = 'manifest.json'
 
 def export_model(learn:Learner, # trained learner with a `gtsr` metadata dict
@@ -272,7 +271,7 @@ def export_model(learn:Learner, # trained learner with a `gtsr` metadata dict
     finally: learn.dls, learn.model = dls, model
     manifest_path = path.parent/MANIFEST
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
-    manifest[path.name] = dict(sha256=sha256sum(path), bytes=path.stat().st_size, arch=learn.gtsr['arch'], size=learn.gtsr['size'])
+    manifest[path.name] = dict(sha256=file_digest(path), bytes=path.stat().st_size, arch=learn.gtsr['arch'], size=learn.gtsr['size'])
     manifest_path.write_text(json.dumps(manifest, indent=1) + '\n')
     return path
 

@@ -5,7 +5,8 @@ import pytest
 from conftest import run_gtsr
 from gtsr.data import DatasetError, load_gtsrb, track_split
 from gtsr.download import COMPLETE_MARKER
-from gtsr.synthetic import OFFICIAL_ARCHIVES, make_synthetic_archives, sha256sum
+from gtsr.synthetic import OFFICIAL_ARCHIVES, make_synthetic_archives
+from gtsr.data import file_digest
 
 def leftovers(dest:Path) -> list:
     "Anything a failed run left at or beside `dest`."
@@ -15,7 +16,7 @@ def copy_mirror(src, dst) -> Path:
     shutil.copytree(src, dst); return dst
 
 def rewrite_sums(mirror:Path):
-    (mirror/'SHA256SUMS').write_text(''.join(f'{sha256sum(mirror/n)}  {n}\n' for n in OFFICIAL_ARCHIVES.values()))
+    (mirror/'SHA256SUMS').write_text(''.join(f'{file_digest(mirror/n)}  {n}\n' for n in OFFICIAL_ARCHIVES.values()))
 
 def test_download_from_mirror_then_nothing_to_do(synthetic_mirror, tmp_path):
     dest = tmp_path/'gtsrb'

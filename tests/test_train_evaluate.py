@@ -23,8 +23,8 @@ def tiny_model(synthetic_data, tmp_path_factory):
 
 def test_train_exports_model_and_manifest(tiny_model):
     manifest = json.loads((tiny_model.parent/'manifest.json').read_text())
-    from gtsr.synthetic import sha256sum
-    assert manifest['model.pkl']['sha256'] == sha256sum(tiny_model)
+    from gtsr.data import file_digest
+    assert manifest['model.pkl']['sha256'] == file_digest(tiny_model)
     assert manifest['model.pkl']['arch'] == 'signnet'
 
 def test_evaluate_writes_metrics_and_figures(tiny_model, synthetic_data, tmp_path):
