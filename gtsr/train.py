@@ -10,7 +10,7 @@ __all__ = ['TORCHVISION_ARCHS', 'ARCHS', 'SHIPPED_RECIPE', 'MANIFEST', 'TrainErr
            'ContrastNorm', 'conv_bn', 'ResidualBlock', 'signnet', 'make_learner', 'EpochCheckpoint', 'train',
            'export_model']
 
-# %% ../nbs/04_train.ipynb #0ea8b1a4
+# %% ../nbs/04_train.ipynb #cb80257a
 import hashlib, json, os, time, urllib.error
 from multiprocessing import Pool
 from pathlib import Path
@@ -25,7 +25,7 @@ from fastai.vision.all import (Callback, DataLoaders, IntToFloatTensor, LabelSmo
                                imagenet_stats, load_model, save_model, set_seed, vision_learner)
 from .data import CLASS_NAMES, N_CLASSES, GtsrError, load_gtsrb, read_image, to_model_array, track_split, file_digest
 
-# %% ../nbs/04_train.ipynb #60391a1a
+# %% ../nbs/04_train.ipynb #a0d9a0d9
 class TrainError(GtsrError, RuntimeError):
     "A training run that cannot start or go on (bad options, missing pretrained weights, no checkpoint to resume)."
 
@@ -58,7 +58,7 @@ def image_cache(paths, # image files
     np.save(tmp, out); os.replace(tmp, cache)
     return out
 
-# %% ../nbs/04_train.ipynb #673bb5a9
+# %% ../nbs/04_train.ipynb #1987e850
 class ArrayDataset:
     "Images (N x 3 x H x W uint8 tensor) and labels (N int64 tensor) that `ArrayLoader` slices into batches."
     def __init__(self, images, labels): self.images, self.labels = images, labels
@@ -88,7 +88,7 @@ def sign_augmentations(size:int=32) -> list:
 
 def to_tensor(images:np.ndarray) -> torch.Tensor:
     "N x H x W x 3 uint8 array -> N x 3 x H x W uint8 tensor."
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()
+    return torch.from_numpy(np.array(images, dtype=np.uint8)).permute(0, 3, 1, 2).contiguous()
 
 def gtsrb_dataloaders(train:pd.DataFrame, # rows to train on
                       valid:pd.DataFrame, # rows to validate on (may be empty)
@@ -100,14 +100,14 @@ def gtsrb_dataloaders(train:pd.DataFrame, # rows to train on
     "fastai `DataLoaders` over the cached, resized images of `train` and `valid`."
     def loader(rows, shuffle, tfms):
         images = to_tensor(image_cache(rows.path, size, cache_dir))
-        labels = torch.as_tensor(rows.class_id.astype('int64').to_numpy())
+        labels = torch.tensor(rows.class_id.to_numpy(dtype='int64'))
         return ArrayLoader(ArrayDataset(images, labels), bs=bs if shuffle else 512, shuffle=shuffle, drop_last=shuffle and len(rows) > bs,
                            num_workers=0, after_batch=[IntToFloatTensor(), *tfms, Normalize.from_stats(*imagenet_stats)])
     dls = DataLoaders(loader(train, True, sign_augmentations(size) if augment else []), loader(valid, False, []), device='cpu')
     dls.c, dls.vocab = N_CLASSES, CLASS_NAMES
     return dls
 
-# %% ../nbs/04_train.ipynb #e1d53da8
+# %% ../nbs/04_train.ipynb #459cbdd8
 class ContrastNorm(nn.Module):
     "Standardise each image to mean 0 and standard deviation 1 (per image, over all channels and pixels)."
     def forward(self, x):
@@ -138,7 +138,7 @@ def signnet(n_out:int=N_CLASSES, # classes
                          conv_bn(2*w, 4*w, stride=2), ResidualBlock(4*w),
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(4*w, n_out))
 
-# %% ../nbs/04_train.ipynb #e40acef1
+# %% ../nbs/04_train.ipynb #c37d7f86
 TORCHVISION_ARCHS = ['resnet18', 'resnet34', 'resnet50', 'mobilenet_v3_large', 'efficientnet_b0']
 ARCHS = TORCHVISION_ARCHS + ['signnet']
 
@@ -163,7 +163,7 @@ def make_learner(dls:DataLoaders, # from `gtsrb_dataloaders`
                          f"Connect to the internet, or put torchvision's weight file for {arch} in {hub}, "
                          "or train from scratch with --no-pretrained (a different model; nothing falls back silently).") from None
 
-# %% ../nbs/04_train.ipynb #e8919c65
+# %% ../nbs/04_train.ipynb #10c034b1
 class EpochCheckpoint(Callback):
     "Save model, optimizer and progress to `folder` after every epoch."
     order = 90
@@ -180,7 +180,7 @@ class EpochCheckpoint(Callback):
         os.replace(self.folder/'progress.partial.json', self.folder/'progress.json')
         if self.config.get('stop_after') == (self.stage, self.epoch + 1): raise KeyboardInterrupt
 
-# %% ../nbs/04_train.ipynb #75b6de7c
+# %% ../nbs/04_train.ipynb #73b9d1ab
 def _stages(arch:str, pretrained:bool, epochs:int, lr:float) -> list[tuple]:
     "The (frozen, epochs, lr) stages of a run: fastai's fine_tune for pretrained nets, one cycle otherwise."
     if pretrained and arch != 'signnet': return [(True, 1, lr), (False, epochs, slice(lr / 200, lr / 2))]
@@ -247,10 +247,10 @@ def train(data=None, # extracted GTSRB folder (either layout); default `default_
     learn.gtsr['train_seconds'] = round(time.time() - start, 1)
     return export_model(learn, out/model_name, half=half)
 
-# %% ../nbs/04_train.ipynb #5bd31b02
+# %% ../nbs/04_train.ipynb #a489d722
 SHIPPED_RECIPE = dict(arch='signnet', pretrained=False, epochs=24, lr=4e-3, bs=128, size=32, width=32, all_train=True, seed=42)
 
-# %% ../nbs/04_train.ipynb #6c506b4f
+# %% ../nbs/04_train.ipynb #19776a9c
 MANIFEST = 'manifest.json'
 
 def export_model(learn:Learner, # trained learner with a `gtsr` metadata dict
