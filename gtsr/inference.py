@@ -8,7 +8,7 @@ Docs: https://gtsr.github.io/gtsr/inference.html.md"""
 __all__ = ['BACKENDS', 'ModelError', 'default_model_path', 'verify_model', 'Prediction', 'ModelInput', 'Classifier',
            'top_predictions', 'gradcam', 'gradcam_overlay', 'export_onnx', 'benchmark']
 
-# %% ../nbs/05_inference.ipynb #796917da
+# %% ../nbs/05_inference.ipynb #01b9efe6
 import json, os, time
 from pathlib import Path
 from typing import NamedTuple
@@ -18,7 +18,7 @@ import torch.nn as nn
 from .data import CLASS_NAMES, PROJECT_ROOT, GtsrError, ImageError, read_image, to_model_array, file_digest
 from .train import MANIFEST
 
-# %% ../nbs/05_inference.ipynb #822af4ac
+# %% ../nbs/05_inference.ipynb #b1a56872
 class ModelError(GtsrError, RuntimeError):
     "A model file that is missing, unlisted in its manifest, or does not match its checksum."
 
@@ -43,7 +43,7 @@ def verify_model(path, # model file (.pkl or .onnx) with a manifest.json beside 
                          f"expected {entry['sha256']}): the file was changed or damaged; refusing to load it.")
     return entry
 
-# %% ../nbs/05_inference.ipynb #2272ef24
+# %% ../nbs/05_inference.ipynb #9e41d127
 class Prediction(NamedTuple):
     "One guess: class id, English sign name, probability."
     class_id: int
@@ -132,18 +132,18 @@ def top_predictions(probabilities:np.ndarray, # 43 class probabilities
     order = np.argsort(-probabilities, kind='stable')[:topk]
     return [Prediction(int(c), CLASS_NAMES[c], float(probabilities[c])) for c in order]
 
-# %% ../nbs/05_inference.ipynb #2c53112a
+# %% ../nbs/05_inference.ipynb #0e783a16
 def _last_feature_layer(model:nn.Module, x:torch.Tensor) -> nn.Module:
-    "The last top-level layer of `model` whose output is still a 4-d feature map."
+    "The last top-level layer of `model` whose output is still a feature map larger than 1x1."
     children = list(model.children())
     if len(children) == 2 and isinstance(children[0], nn.Sequential): return children[0] # fastai body + head
     shapes = []
-    hooks = [c.register_forward_hook(lambda m, i, o: shapes.append((m, o.dim()))) for c in children]
+    hooks = [c.register_forward_hook(lambda m, i, o: shapes.append((m, o.dim() == 4 and o.shape[-1] > 1))) for c in children]
     try:
         with torch.no_grad(): model(x)
     finally:
         for h in hooks: h.remove()
-    return [m for m, d in shapes if d == 4][-1]
+    return [m for m, is_map in shapes if is_map][-1]
 
 def gradcam(clf:Classifier, # a fastai-backend classifier
             image, # any input `read_image` takes
@@ -182,7 +182,7 @@ def gradcam_overlay(clf:Classifier, # a fastai-backend classifier
     heat = Image.fromarray((matplotlib.colormaps['jet'](cam)[..., :3] * 255).astype(np.uint8)).resize(picture.size, Image.Resampling.BILINEAR)
     return Image.blend(picture, heat, alpha)
 
-# %% ../nbs/05_inference.ipynb #3cb79659
+# %% ../nbs/05_inference.ipynb #f3a9e765
 def _add_to_manifest(path:Path, **extra):
     "Record `path`'s sha256 (and `extra`) in the manifest of its folder."
     manifest_path = path.parent/MANIFEST
@@ -230,7 +230,7 @@ def export_onnx(model_path=None, # verified learner to export; default the shipp
         paths.append(int8)
     return paths
 
-# %% ../nbs/05_inference.ipynb #88b80c5a
+# %% ../nbs/05_inference.ipynb #2aa65f35
 def benchmark(model_path=None, # learner whose backends to time; default the shipped model
               backends=tuple(BACKENDS), # which backends
               batch_sizes=(64, 256), # batch sizes for throughput
