@@ -8,16 +8,15 @@ Docs: https://gtsr.github.io/gtsr/app.html.md"""
 __all__ = ['DEFAULT_THRESHOLD', 'APP_NOTEBOOK', 'MAX_UPLOAD_BYTES', 'app_classifier', 'confidence_threshold_of',
            'reference_pictures', 'top5_chart', 'error_card', 'classify_upload', 'voila_command', 'serve']
 
-# %% ../nbs/08_app.ipynb #7a4eb767
-import base64, functools, html, io, json, os, subprocess, sys
+# %% ../nbs/08_app.ipynb #66eb6506
+import functools, html, io, os, subprocess, sys
 from pathlib import Path
 import ipywidgets as widgets
 from PIL import Image
 from .data import CLASS_NAMES, PROJECT_ROOT, DatasetError, ImageError, default_data_dir, load_gtsrb, read_image
-from .inference import Classifier, default_model_path, gradcam_overlay
-from .train import MANIFEST
+from .inference import Classifier, default_model_path, gradcam_overlay, verify_model
 
-# %% ../nbs/08_app.ipynb #6f53eba3
+# %% ../nbs/08_app.ipynb #cedf3ddf
 DEFAULT_THRESHOLD = 0.5
 
 @functools.cache
@@ -28,9 +27,7 @@ def app_classifier(path=None, # model file; default `$GTSR_MODEL` or the shipped
 
 def confidence_threshold_of(clf:Classifier) -> float:
     "The model's 'not sure' threshold from its manifest (chosen on held-out data; see the model card)."
-    manifest = clf.path.parent/MANIFEST
-    entry = json.loads(manifest.read_text()).get(clf.path.name, {}) if manifest.is_file() else {}
-    return float(entry.get('confidence_threshold', DEFAULT_THRESHOLD))
+    return float(verify_model(clf.path).get('confidence_threshold', DEFAULT_THRESHOLD))
 
 @functools.cache
 def reference_pictures(data=None, # a downloaded GTSRB folder; default `$GTSR_DATA` or the download folder
@@ -43,7 +40,7 @@ def reference_pictures(data=None, # a downloaded GTSRB folder; default `$GTSR_DA
     if (df.split == 'train').sum() == 0: return {}
     return reference_images(df, path)
 
-# %% ../nbs/08_app.ipynb #6d150318
+# %% ../nbs/08_app.ipynb #3a9d2608
 def _png(img:Image.Image, side:int=160) -> bytes:
     "`img` scaled to fit a side x side box, as PNG bytes."
     img = img.copy(); img.thumbnail((side, side)) if max(img.size) > side else None
@@ -96,7 +93,7 @@ def classify_upload(name:str, # the uploaded file's name
     return widgets.HBox([*pictures, details], layout=widgets.Layout(flex_flow='row wrap', align_items='flex-start', margin='8px 0',
                                                                      border_bottom='1px solid #ddd', padding='0 0 8px 0'))
 
-# %% ../nbs/08_app.ipynb #b7b5c8a8
+# %% ../nbs/08_app.ipynb #5d64663d
 APP_NOTEBOOK = PROJECT_ROOT/'nbs'/'app.ipynb'
 MAX_UPLOAD_BYTES = 100 * 1024 * 1024
 
@@ -111,7 +108,6 @@ def serve(port:int=8866, # port on 127.0.0.1
           open_browser:bool=False, # unused; the URL is printed
          ):
     "Start the app with Voila on 127.0.0.1:`port` and print its URL; runs until interrupted."
-    from gtsr.inference import verify_model
     path = Path(model or default_model_path()).absolute()
     verify_model(path)
     env = {**os.environ, 'GTSR_MODEL': str(path)}

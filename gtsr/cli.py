@@ -7,12 +7,12 @@ Docs: https://gtsr.github.io/gtsr/cli.html.md"""
 # %% auto #0
 __all__ = ['IMAGE_SUFFIXES', 'expand_inputs', 'predict_files', 'format_results', 'markdown_table', 'build_parser', 'main']
 
-# %% ../nbs/07_cli.ipynb #5290c76e
+# %% ../nbs/07_cli.ipynb #851da6f6
 import argparse, sys
 from pathlib import Path
 from .data import GtsrError
 
-# %% ../nbs/07_cli.ipynb #0db84828
+# %% ../nbs/07_cli.ipynb #ed7f68dd
 IMAGE_SUFFIXES = {'.jpg', '.jpeg', '.png', '.ppm', '.pgm', '.webp', '.bmp', '.gif', '.tif', '.tiff'}
 
 def expand_inputs(items) -> list[str]:
@@ -214,5 +214,5 @@ def main(argv=None, # arguments, default `sys.argv[1:]`
         return 130
     return status or 0
 
-# %% ../nbs/07_cli.ipynb #26a79526
+# %% ../nbs/07_cli.ipynb #2acaf799
 if __name__ == '__main__': sys.exit(main())

@@ -8,7 +8,7 @@ Docs: https://gtsr.github.io/gtsr/data.html.md"""
 __all__ = ['CLASS_NAMES', 'N_CLASSES', 'PROJECT_ROOT', 'COLUMNS', 'MAX_PIXELS', 'default_data_dir', 'file_digest', 'GtsrError',
            'DatasetError', 'track_id', 'load_gtsrb', 'track_split', 'ImageError', 'read_image', 'to_model_array']
 
-# %% ../nbs/00_data.ipynb #a80e7a89
+# %% ../nbs/00_data.ipynb #b3b2db4a
 import os
 from pathlib import Path
 import hashlib, io, warnings
@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageOps
 
-# %% ../nbs/00_data.ipynb #cf28dd3a
+# %% ../nbs/00_data.ipynb #88649200
 CLASS_NAMES = [
     'Speed limit (20km/h)', 'Speed limit (30km/h)', 'Speed limit (50km/h)', 'Speed limit (60km/h)',
     'Speed limit (70km/h)', 'Speed limit (80km/h)', 'End of speed limit (80km/h)', 'Speed limit (100km/h)',
@@ -47,7 +47,7 @@ class GtsrError(Exception):
 class DatasetError(GtsrError, ValueError):
     "A folder that does not hold GTSRB in a layout `load_gtsrb` knows."
 
-# %% ../nbs/00_data.ipynb #ef404e08
+# %% ../nbs/00_data.ipynb #37e322c1
 _CSV_COLUMNS = {'Width': 'width', 'Height': 'height', 'Roi.X1': 'roi_x1', 'Roi.Y1': 'roi_y1',
                 'Roi.X2': 'roi_x2', 'Roi.Y2': 'roi_y2', 'ClassId': 'class_id'}
 COLUMNS = ['path', 'split', 'class_id', 'name', 'track', 'width', 'height', 'roi_x1', 'roi_y1', 'roi_x2', 'roi_y2']
@@ -64,7 +64,7 @@ def track_id(class_id:int, track:int) -> str:
     "An id for a physical-sign track, unique across the set: file names number tracks within each class only."
     return f"{int(class_id):02d}_{int(track):05d}"
 
-# %% ../nbs/00_data.ipynb #85f990e6
+# %% ../nbs/00_data.ipynb #cd4e9a92
 def _official_train(root:Path) -> pd.DataFrame|None:
     "Training rows of the official layout under `root`, or None if it has none."
     csvs = sorted(root.glob('**/Final_Training/Images/*/GT-*.csv'))
@@ -105,7 +105,7 @@ def _kaggle_part(root:Path, split:str) -> pd.DataFrame|None:
     else: df['track'] = None
     return df.assign(split=split)
 
-# %% ../nbs/00_data.ipynb #0487948c
+# %% ../nbs/00_data.ipynb #fd1b0071
 _EXPECTED = ("Expected an extracted GTSRB folder: the official layout "
              "(GTSRB/Final_Training/Images/000NN/GT-000NN.csv and/or GTSRB/Final_Test/Images/*.ppm with GT-final_test.csv) "
              "or the Kaggle layout (Train.csv with Train/, Test.csv with Test/). Run `gtsr download` to get it.")
@@ -126,7 +126,7 @@ def load_gtsrb(path=None, # extracted GTSRB folder, either layout; default `defa
     for c in ['width', 'height', 'roi_x1', 'roi_y1', 'roi_x2', 'roi_y2']: df[c] = df[c].astype('Int64')
     return df[COLUMNS]
 
-# %% ../nbs/00_data.ipynb #e3ba4e67
+# %% ../nbs/00_data.ipynb #fdf4938d
 def track_split(df:pd.DataFrame, # `load_gtsrb` table; only its 'train' rows are split
                 valid_pct:float=0.2, # share of each class's tracks that go to validation
                 seed:int=42, # random seed; the same seed gives the same split
@@ -144,7 +144,7 @@ def track_split(df:pd.DataFrame, # `load_gtsrb` table; only its 'train' rows are
     is_valid = train.track.isin(valid_tracks)
     return train[~is_valid], train[is_valid]
 
-# %% ../nbs/00_data.ipynb #b799d89c
+# %% ../nbs/00_data.ipynb #bb8afc11
 MAX_PIXELS = 60_000_000 # larger images are refused as possible decompression bombs (a 4000x3000 photo has 12M)
 
 class ImageError(GtsrError, ValueError):

@@ -8,14 +8,14 @@ Docs: https://gtsr.github.io/gtsr/download.html.md"""
 __all__ = ['OFFICIAL_URL', 'OFFICIAL_MD5', 'COMPLETE_MARKER', 'KAGGLE_HELP', 'DownloadError', 'read_checksums', 'verify_checksum',
            'fetch', 'extract', 'kaggle_credentials', 'fetch_kaggle', 'download_gtsrb']
 
-# %% ../nbs/02_download.ipynb #0d4bc9b2
+# %% ../nbs/02_download.ipynb #be8cc6e2
 import json, os, shutil, socket, urllib.error, urllib.request, zipfile
 from pathlib import Path
 from tqdm.auto import tqdm
 from .data import DatasetError, GtsrError, default_data_dir, file_digest, load_gtsrb
 from .synthetic import KAGGLE_ARCHIVE, KAGGLE_DATASET, OFFICIAL_ARCHIVES
 
-# %% ../nbs/02_download.ipynb #ff3eb1f3
+# %% ../nbs/02_download.ipynb #d80f5eef
 OFFICIAL_URL = 'https://sid.erda.dk/public/archives/daaeac0d7ce1152aea9b61d9f1e19370/'
 OFFICIAL_MD5 = {'GTSRB_Final_Training_Images.zip': 'f33fd80ac59bff73c82d25ab499e03a3',
                 'GTSRB_Final_Test_Images.zip': 'c7e4e6327067d32654124b0fe9e82185',
@@ -44,7 +44,7 @@ def verify_checksum(path, # archive to check
         raise DownloadError(f"Checksum mismatch for {path}: {algorithm} is {actual}, expected {expected}. "
                             "The file is corrupt or not the archive it claims to be; delete it and download again.")
 
-# %% ../nbs/02_download.ipynb #98c88f40
+# %% ../nbs/02_download.ipynb #b60bee82
 def fetch(url:str, # what to download
           dest, # file to write
           md5:str|None=None, # expected md5, checked after the download
@@ -64,7 +64,7 @@ def fetch(url:str, # what to download
     if md5: verify_checksum(dest, md5, 'md5')
     return dest
 
-# %% ../nbs/02_download.ipynb #168a443a
+# %% ../nbs/02_download.ipynb #96700c0b
 def extract(archive, # zip file
             dest, # folder to extract into
             keep=None, # if given, a function of a member name: extract only members for which it is true
@@ -84,7 +84,7 @@ def extract(archive, # zip file
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError) as e:
         raise DownloadError(f"{archive} is not a valid zip archive ({e}); delete it and download again.") from e
 
-# %% ../nbs/02_download.ipynb #990ed7f9
+# %% ../nbs/02_download.ipynb #07de85ff
 KAGGLE_HELP = ("Kaggle credentials not found. Provide one of:\n"
                "  - an API token: export KAGGLE_API_TOKEN=<token>, or save it to ~/.kaggle/access_token\n"
                "    (create it at https://www.kaggle.com/settings under 'API');\n"
@@ -109,7 +109,7 @@ def kaggle_credentials(env=None, # environment to read; default `os.environ`
         if (folder/'kaggle.json').is_file(): return str(folder/'kaggle.json')
     return None
 
-# %% ../nbs/02_download.ipynb #b317eb5e
+# %% ../nbs/02_download.ipynb #0ce23013
 def fetch_kaggle(dest, # folder to download the zip into
                  quiet:bool=False, # less output
                 ) -> Path:
@@ -124,7 +124,7 @@ def fetch_kaggle(dest, # folder to download the zip into
     except Exception as e: raise DownloadError(f"Kaggle download of {KAGGLE_DATASET} failed: {e}") from e
     return Path(dest)/KAGGLE_ARCHIVE
 
-# %% ../nbs/02_download.ipynb #3e396924
+# %% ../nbs/02_download.ipynb #697a1b3f
 def _archive_paths(source:str, mirror, staging:Path, quiet:bool) -> list[Path]:
     "The verified archives to extract, fetched into `staging` unless they are in `mirror`."
     if source == 'kaggle':

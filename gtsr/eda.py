@@ -8,7 +8,7 @@ Docs: https://gtsr.github.io/gtsr/eda.html.md"""
 __all__ = ['reference_images', 'show_references', 'show_samples', 'plot_class_counts', 'plot_sizes', 'plot_track_lengths',
            'show_track', 'image_brightness', 'plot_brightness']
 
-# %% ../nbs/03_eda.ipynb #2e7e6f30
+# %% ../nbs/03_eda.ipynb #faedfd65
 from pathlib import Path
 import numpy as np
 import pandas as pd
@@ -17,7 +17,7 @@ import seaborn as sns
 from PIL import Image
 from .data import CLASS_NAMES, N_CLASSES, load_gtsrb
 
-# %% ../nbs/03_eda.ipynb #367ef3de
+# %% ../nbs/03_eda.ipynb #37481078
 def reference_images(df:pd.DataFrame, # `load_gtsrb` table
                      path=None, # the dataset folder, to find Kaggle's Meta pictograms
                     ) -> dict:
@@ -60,7 +60,7 @@ def show_references(refs:dict) -> plt.Figure:
     "A grid of the reference picture of each class, with its id and name."
     return _grid([(refs[c], _label(c)) for c in sorted(refs)])
 
-# %% ../nbs/03_eda.ipynb #6d0390eb
+# %% ../nbs/03_eda.ipynb #5f8d5ac4
 def show_samples(df:pd.DataFrame, # `load_gtsrb` table
                  seed:int=0, # which random sample
                 ) -> plt.Figure:
@@ -69,7 +69,7 @@ def show_samples(df:pd.DataFrame, # `load_gtsrb` table
     picks = train.groupby('class_id').sample(1, random_state=seed)
     return _grid([(p, _label(c)) for p, c in zip(picks.path, picks.class_id)])
 
-# %% ../nbs/03_eda.ipynb #8b61bd2d
+# %% ../nbs/03_eda.ipynb #e0af9fbe
 def plot_class_counts(df:pd.DataFrame) -> plt.Figure:
     "Images per class, training vs test, as share of each split, so the two are comparable."
     counts = df.groupby(['class_id', 'split']).size().unstack(fill_value=0)
@@ -84,7 +84,7 @@ def plot_class_counts(df:pd.DataFrame) -> plt.Figure:
     fig.tight_layout()
     return fig
 
-# %% ../nbs/03_eda.ipynb #04f55917
+# %% ../nbs/03_eda.ipynb #4bd1740c
 def plot_sizes(df:pd.DataFrame) -> plt.Figure:
     "Histograms of the original image width and height, from the CSV."
     fig, axs = plt.subplots(1, 2, figsize=(10, 3.5), sharey=True)
@@ -96,7 +96,7 @@ def plot_sizes(df:pd.DataFrame) -> plt.Figure:
     fig.tight_layout()
     return fig
 
-# %% ../nbs/03_eda.ipynb #9a89c35e
+# %% ../nbs/03_eda.ipynb #874e4a95
 def plot_track_lengths(df:pd.DataFrame) -> plt.Figure:
     "Tracks per class, with the number of images per track in the title."
     train = df[df.split == 'train']
@@ -119,7 +119,7 @@ def show_track(df:pd.DataFrame, # `load_gtsrb` table
     paths = sorted(train[train.track == track].path)[::step]
     return _grid([(p, Path(p).stem) for p in paths], ncols=10, size=1.1)
 
-# %% ../nbs/03_eda.ipynb #7250c993
+# %% ../nbs/03_eda.ipynb #9eeb6062
 def image_brightness(paths) -> np.ndarray:
     "Mean grey value (0-255) of each image."
     return np.array([np.asarray(Image.open(p).convert('L'), dtype=np.float32).mean() for p in paths])

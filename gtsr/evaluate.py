@@ -9,7 +9,7 @@ __all__ = ['expected_calibration_error', 'confidence_threshold', 'save_confidenc
            'plot_confusion', 'most_confused', 'plot_most_confused', 'show_top_losses', 'plot_reliability', 'parity',
            'benchmark_training']
 
-# %% ../nbs/06_evaluate.ipynb #52ba5a44
+# %% ../nbs/06_evaluate.ipynb #c36b89d8
 import json
 from pathlib import Path
 import numpy as np
@@ -23,7 +23,7 @@ from .data import CLASS_NAMES, N_CLASSES, DatasetError, load_gtsrb, file_digest
 from .inference import Classifier
 from .train import image_cache
 
-# %% ../nbs/06_evaluate.ipynb #01972b62
+# %% ../nbs/06_evaluate.ipynb #6d40d8db
 def expected_calibration_error(probabilities:np.ndarray, # N x classes
                                labels:np.ndarray, # N true class ids
                                bins:int=15, # equal-width confidence bins
@@ -49,19 +49,17 @@ def confidence_threshold(probabilities:np.ndarray, # N x classes, on held-out da
         if inside.sum() >= 5 and correct[inside].mean() < target: threshold = float(hi)
     return threshold
 
-# %% ../nbs/06_evaluate.ipynb #2ef1011c
+# %% ../nbs/06_evaluate.ipynb #a2f0fa0e
 def save_confidence_threshold(model, # model file listed in a manifest
                               threshold:float, # the 'not sure' threshold the app uses for it
                              ):
     "Record `threshold` in the manifest entry of `model`, where the app reads it."
-    from gtsr.train import MANIFEST
-    model = Path(model)
-    manifest_path = model.parent/MANIFEST
-    manifest = json.loads(manifest_path.read_text())
-    manifest[model.name]['confidence_threshold'] = round(float(threshold), 3)
-    manifest_path.write_text(json.dumps(manifest, indent=1) + '\n')
+    from gtsr.inference import verify_model
+    from gtsr.train import record_in_manifest
+    entry = {k: v for k, v in verify_model(model).items() if k not in ('sha256', 'bytes')}
+    record_in_manifest(model, **{**entry, 'confidence_threshold': round(float(threshold), 3)})
 
-# %% ../nbs/06_evaluate.ipynb #e13c85f7
+# %% ../nbs/06_evaluate.ipynb #d4405b52
 def _labelled_test(data) -> pd.DataFrame:
     "The labelled test rows of the dataset at `data`, or a `DatasetError` saying why there are none."
     df = load_gtsrb(data)
@@ -105,7 +103,7 @@ def score(probabilities:np.ndarray, labels:np.ndarray) -> dict:
                 per_class={CLASS_NAMES[c]: dict(class_id=c, precision=float(p[c]), recall=float(r[c]), f1=float(f[c]), support=int(support[c]))
                            for c in range(N_CLASSES)})
 
-# %% ../nbs/06_evaluate.ipynb #29d8d66d
+# %% ../nbs/06_evaluate.ipynb #2b83f6c2
 def plot_confusion(probabilities:np.ndarray, labels:np.ndarray) -> plt.Figure:
     "43 x 43 confusion matrix (rows: true class), log colour scale so single errors show."
     cm = confusion_matrix(labels, probabilities.argmax(1), labels=range(N_CLASSES))
@@ -172,7 +170,7 @@ def plot_reliability(probabilities:np.ndarray, labels:np.ndarray, bins:int=15) -
     fig.tight_layout()
     return fig
 
-# %% ../nbs/06_evaluate.ipynb #6339ec2a
+# %% ../nbs/06_evaluate.ipynb #ff7e088b
 def parity(data, # GTSRB folder with labelled test images
            model=None, # learner file; default the shipped model
            backends=('fastai', 'onnx', 'onnx-int8'), # backends to compare (missing ONNX files are skipped)
@@ -194,7 +192,7 @@ def parity(data, # GTSRB folder with labelled test images
                  agreement_with_fastai=float((p == predicted['fastai']).mean())) for b, p in predicted.items()]
     return pd.DataFrame(rows).set_index('backend')
 
-# %% ../nbs/06_evaluate.ipynb #806ee038
+# %% ../nbs/06_evaluate.ipynb #b47b95b9
 def benchmark_training(data, # GTSRB folder with training and labelled test images
                        out='runs/bench-train', # folder for the run (must not hold an earlier run)
                        **overrides, # changes to `SHIPPED_RECIPE` (e.g. epochs=1 for a quick look)

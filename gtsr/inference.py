@@ -8,7 +8,7 @@ Docs: https://gtsr.github.io/gtsr/inference.html.md"""
 __all__ = ['BACKENDS', 'ModelError', 'default_model_path', 'verify_model', 'Prediction', 'ModelInput', 'Classifier',
            'top_predictions', 'gradcam', 'gradcam_overlay', 'export_onnx', 'benchmark']
 
-# %% ../nbs/05_inference.ipynb #01b9efe6
+# %% ../nbs/05_inference.ipynb #54e2a3cc
 import json, os, time
 from pathlib import Path
 from typing import NamedTuple
@@ -16,9 +16,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 from .data import CLASS_NAMES, PROJECT_ROOT, GtsrError, ImageError, read_image, to_model_array, file_digest
-from .train import MANIFEST
+from .train import MANIFEST, record_in_manifest
 
-# %% ../nbs/05_inference.ipynb #b1a56872
+# %% ../nbs/05_inference.ipynb #ed53b115
 class ModelError(GtsrError, RuntimeError):
     "A model file that is missing, unlisted in its manifest, or does not match its checksum."
 
@@ -43,7 +43,7 @@ def verify_model(path, # model file (.pkl or .onnx) with a manifest.json beside 
                          f"expected {entry['sha256']}): the file was changed or damaged; refusing to load it.")
     return entry
 
-# %% ../nbs/05_inference.ipynb #9e41d127
+# %% ../nbs/05_inference.ipynb #0252eef4
 class Prediction(NamedTuple):
     "One guess: class id, English sign name, probability."
     class_id: int
@@ -132,7 +132,7 @@ def top_predictions(probabilities:np.ndarray, # 43 class probabilities
     order = np.argsort(-probabilities, kind='stable')[:topk]
     return [Prediction(int(c), CLASS_NAMES[c], float(probabilities[c])) for c in order]
 
-# %% ../nbs/05_inference.ipynb #0e783a16
+# %% ../nbs/05_inference.ipynb #43b798f1
 def _last_feature_layer(model:nn.Module, x:torch.Tensor) -> nn.Module:
     "The last top-level layer of `model` whose output is still a feature map larger than 1x1."
     children = list(model.children())
@@ -182,14 +182,7 @@ def gradcam_overlay(clf:Classifier, # a fastai-backend classifier
     heat = Image.fromarray((matplotlib.colormaps['jet'](cam)[..., :3] * 255).astype(np.uint8)).resize(picture.size, Image.Resampling.BILINEAR)
     return Image.blend(picture, heat, alpha)
 
-# %% ../nbs/05_inference.ipynb #f3a9e765
-def _add_to_manifest(path:Path, **extra):
-    "Record `path`'s sha256 (and `extra`) in the manifest of its folder."
-    manifest_path = path.parent/MANIFEST
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
-    manifest[path.name] = dict(sha256=file_digest(path), bytes=path.stat().st_size, **extra)
-    manifest_path.write_text(json.dumps(manifest, indent=1) + '\n')
-
+# %% ../nbs/05_inference.ipynb #ee61311a
 class _CalibrationReader:
     "Feeds onnxruntime's quantizer batches of calibration images."
     def __init__(self, images:np.ndarray, bs:int=64): self.batches = iter([images[i:i + bs] for i in range(0, len(images), bs)])
@@ -215,7 +208,7 @@ def export_onnx(model_path=None, # verified learner to export; default the shipp
         torch.onnx.export(net, (dummy,), str(fp32), dynamo=False, input_names=['image'], output_names=['probabilities'],
                           dynamic_axes={'image': {0: 'batch'}, 'probabilities': {0: 'batch'}}, opset_version=17)
     onnx.checker.check_model(str(fp32))
-    _add_to_manifest(fp32, arch=meta['arch'], size=clf.size)
+    record_in_manifest(fp32, arch=meta['arch'], size=clf.size)
     paths = [fp32]
     if calibration is not None:
         int8 = _onnx_path(clf.path, 'onnx-int8')
@@ -226,11 +219,11 @@ def export_onnx(model_path=None, # verified learner to export; default the shipp
                             per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                             calibrate_method=CalibrationMethod.MinMax)
         finally: prepared.unlink(missing_ok=True)
-        _add_to_manifest(int8, arch=meta['arch'], size=clf.size, calibration_images=len(calibration))
+        record_in_manifest(int8, arch=meta['arch'], size=clf.size, calibration_images=len(calibration))
         paths.append(int8)
     return paths
 
-# %% ../nbs/05_inference.ipynb #2aa65f35
+# %% ../nbs/05_inference.ipynb #893daf1b
 def benchmark(model_path=None, # learner whose backends to time; default the shipped model
               backends=tuple(BACKENDS), # which backends
               batch_sizes=(64, 256), # batch sizes for throughput

@@ -8,14 +8,14 @@ Docs: https://gtsr.github.io/gtsr/synthetic.html.md"""
 __all__ = ['OFFICIAL_ARCHIVES', 'KAGGLE_DATASET', 'KAGGLE_ARCHIVE', 'draw_sign', 'make_synthetic_gtsrb',
            'make_synthetic_archives']
 
-# %% ../nbs/01_synthetic.ipynb #5ef8f50e
+# %% ../nbs/01_synthetic.ipynb #5c3862b6
 import csv, shutil, zipfile
 from .data import file_digest
 from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-# %% ../nbs/01_synthetic.ipynb #f23ab451
+# %% ../nbs/01_synthetic.ipynb #849f4bd5
 _SHAPES = ['circle', 'triangle', 'octagon', 'diamond']
 _RIMS = [(200, 20, 30), (20, 60, 190), (240, 200, 20), (30, 30, 30)]
 
@@ -49,7 +49,7 @@ def draw_sign(class_id:int, # 0-42, decides shape, colours and glyph
     arr = np.clip(np.asarray(img, dtype=np.float32) * light + rng.normal(0, 6, (size, size, 3)), 0, 255)
     return Image.fromarray(arr.astype(np.uint8)).filter(ImageFilter.GaussianBlur(rng.uniform(0, 0.8)))
 
-# %% ../nbs/01_synthetic.ipynb #d2641915
+# %% ../nbs/01_synthetic.ipynb #213b65a4
 _HEADER = ['Width', 'Height', 'Roi.X1', 'Roi.Y1', 'Roi.X2', 'Roi.Y2']
 
 def _roi(size:int) -> list[int]:
@@ -125,7 +125,7 @@ def _write_kaggle(dest:Path, train_rows, test_rows, n_classes):
         rows.append([f'Meta/{c}.png', c, c % 4, (c // 4) % 4, f'{c}'])
     _write_csv(dest/'Meta.csv', ['Path', 'ClassId', 'ShapeId', 'ColorId', 'SignId'], rows, ',')
 
-# %% ../nbs/01_synthetic.ipynb #ee73974c
+# %% ../nbs/01_synthetic.ipynb #2410a485
 OFFICIAL_ARCHIVES = {'train': 'GTSRB_Final_Training_Images.zip', 'test': 'GTSRB_Final_Test_Images.zip',
                      'test_labels': 'GTSRB_Final_Test_GT.zip'}
 KAGGLE_DATASET = 'meowmeowmeowmeowmeow/gtsrb-german-traffic-sign'
