@@ -8,15 +8,15 @@ Docs: https://gtsr.github.io/gtsr/app.html.md"""
 __all__ = ['DEFAULT_THRESHOLD', 'APP_NOTEBOOK', 'MAX_UPLOAD_BYTES', 'app_classifier', 'confidence_threshold_of',
            'reference_pictures', 'top5_chart', 'error_card', 'classify_upload', 'voila_command', 'serve']
 
-# %% ../nbs/08_app.ipynb #66eb6506
+# %% ../nbs/08_app.ipynb #61ae1fca
 import functools, html, io, os, subprocess, sys
 from pathlib import Path
 import ipywidgets as widgets
 from PIL import Image
-from .data import CLASS_NAMES, PROJECT_ROOT, DatasetError, ImageError, default_data_dir, load_gtsrb, read_image
+from .data import PROJECT_ROOT, DatasetError, ImageError, default_data_dir, load_gtsrb, read_image
 from .inference import Classifier, default_model_path, gradcam_overlay, verify_model
 
-# %% ../nbs/08_app.ipynb #cedf3ddf
+# %% ../nbs/08_app.ipynb #1c7a98b8
 DEFAULT_THRESHOLD = 0.5
 
 @functools.cache
@@ -26,7 +26,7 @@ def app_classifier(path=None, # model file; default `$GTSR_MODEL` or the shipped
     return Classifier.load(path or None)
 
 def confidence_threshold_of(clf:Classifier) -> float:
-    "The model's 'not sure' threshold from its manifest (chosen on held-out data; see the model card)."
+    "The model's 'not sure' threshold from its verified manifest entry (the model card says how it was chosen)."
     return float(verify_model(clf.path).get('confidence_threshold', DEFAULT_THRESHOLD))
 
 @functools.cache
@@ -40,13 +40,14 @@ def reference_pictures(data=None, # a downloaded GTSRB folder; default `$GTSR_DA
     if (df.split == 'train').sum() == 0: return {}
     return reference_images(df, path)
 
-# %% ../nbs/08_app.ipynb #3a9d2608
+# %% ../nbs/08_app.ipynb #2d0537eb
 def _png(img:Image.Image, side:int=160) -> bytes:
-    "`img` scaled to fit a side x side box, as PNG bytes."
-    img = img.copy(); img.thumbnail((side, side)) if max(img.size) > side else None
-    if max(img.size) < side: img = img.resize((side, round(side * img.height / img.width)) if img.width >= img.height
-                                               else (round(side * img.width / img.height), side), Image.Resampling.NEAREST)
-    buf = io.BytesIO(); img.save(buf, 'PNG'); return buf.getvalue()
+    "`img` scaled so that its longer side is `side` pixels, as PNG bytes (small signs enlarged with visible pixels)."
+    scale = side / max(img.size)
+    resample = Image.Resampling.NEAREST if scale > 1 else Image.Resampling.BILINEAR
+    buf = io.BytesIO()
+    img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), resample).save(buf, 'PNG')
+    return buf.getvalue()
 
 def top5_chart(predictions) -> str:
     "An HTML horizontal bar chart of the predictions, names beside their bars."
@@ -73,9 +74,8 @@ def classify_upload(name:str, # the uploaded file's name
                    ) -> widgets.Widget:
     "A result card for one uploaded file, or an error card if it is not a readable image."
     try:
-        data = bytes(content)
-        image = read_image(data)
-        predictions = clf.predict(data, topk=5)
+        image = read_image(bytes(content))
+        predictions = clf.predict(image, topk=5)
     except ImageError as e: return error_card(name, str(e).split(': ', 1)[-1])
     best = predictions[0]
     if best.probability >= threshold:
@@ -87,13 +87,13 @@ def classify_upload(name:str, # the uploaded file's name
     ref = (references or {}).get(best.class_id)
     if ref: pictures.append(widgets.VBox([widgets.Image(value=_png(read_image(ref)), format='png'), widgets.HTML('<small>reference</small>')]))
     if show_gradcam and clf.learner is not None:
-        pictures.append(widgets.VBox([widgets.Image(value=_png(gradcam_overlay(clf, data, best.class_id)), format='png'),
+        pictures.append(widgets.VBox([widgets.Image(value=_png(gradcam_overlay(clf, image, best.class_id)), format='png'),
                                       widgets.HTML('<small>where the model looked</small>')]))
     details = widgets.VBox([widgets.HTML(verdict + top5_chart(predictions))], layout=widgets.Layout(min_width='260px', flex='1 1 320px'))
     return widgets.HBox([*pictures, details], layout=widgets.Layout(flex_flow='row wrap', align_items='flex-start', margin='8px 0',
                                                                      border_bottom='1px solid #ddd', padding='0 0 8px 0'))
 
-# %% ../nbs/08_app.ipynb #5d64663d
+# %% ../nbs/08_app.ipynb #183b57b1
 APP_NOTEBOOK = PROJECT_ROOT/'nbs'/'app.ipynb'
 MAX_UPLOAD_BYTES = 100 * 1024 * 1024
 

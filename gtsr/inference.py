@@ -8,7 +8,7 @@ Docs: https://gtsr.github.io/gtsr/inference.html.md"""
 __all__ = ['BACKENDS', 'ModelError', 'default_model_path', 'verify_model', 'Prediction', 'ModelInput', 'Classifier',
            'top_predictions', 'gradcam', 'gradcam_overlay', 'export_onnx', 'benchmark']
 
-# %% ../nbs/05_inference.ipynb #54e2a3cc
+# %% ../nbs/05_inference.ipynb #38f9e2cb
 import json, os, time
 from pathlib import Path
 from typing import NamedTuple
@@ -18,7 +18,7 @@ import torch.nn as nn
 from .data import CLASS_NAMES, PROJECT_ROOT, GtsrError, ImageError, read_image, to_model_array, file_digest
 from .train import MANIFEST, record_in_manifest
 
-# %% ../nbs/05_inference.ipynb #ed53b115
+# %% ../nbs/05_inference.ipynb #286ad458
 class ModelError(GtsrError, RuntimeError):
     "A model file that is missing, unlisted in its manifest, or does not match its checksum."
 
@@ -35,7 +35,8 @@ def verify_model(path, # model file (.pkl or .onnx) with a manifest.json beside 
     manifest_path = path.parent/MANIFEST
     if not manifest_path.is_file():
         raise ModelError(f"{path} has no {MANIFEST} beside it, so its checksum cannot be checked; refusing to load it.")
-    entry = json.loads(manifest_path.read_text()).get(path.name)
+    try: entry = json.loads(manifest_path.read_text()).get(path.name)
+    except (json.JSONDecodeError, AttributeError) as e: raise ModelError(f"{manifest_path} is not a valid manifest ({e}); refusing to load {path.name}.") from None
     if entry is None: raise ModelError(f"{path.name} is not listed in {manifest_path}; refusing to load it.")
     actual = file_digest(path)
     if actual != entry['sha256']:
@@ -43,7 +44,7 @@ def verify_model(path, # model file (.pkl or .onnx) with a manifest.json beside 
                          f"expected {entry['sha256']}): the file was changed or damaged; refusing to load it.")
     return entry
 
-# %% ../nbs/05_inference.ipynb #0252eef4
+# %% ../nbs/05_inference.ipynb #9b993105
 class Prediction(NamedTuple):
     "One guess: class id, English sign name, probability."
     class_id: int
@@ -83,7 +84,7 @@ class Classifier:
         if backend not in BACKENDS: raise ModelError(f"Unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}.")
         path = Path(path or default_model_path())
         if backend == 'fastai':
-            entry = verify_model(path)
+            verify_model(path)
             from fastai.learner import load_learner
             learn = load_learner(path, cpu=True)
             learn.model.float().eval()
@@ -132,7 +133,7 @@ def top_predictions(probabilities:np.ndarray, # 43 class probabilities
     order = np.argsort(-probabilities, kind='stable')[:topk]
     return [Prediction(int(c), CLASS_NAMES[c], float(probabilities[c])) for c in order]
 
-# %% ../nbs/05_inference.ipynb #43b798f1
+# %% ../nbs/05_inference.ipynb #def41216
 def _last_feature_layer(model:nn.Module, x:torch.Tensor) -> nn.Module:
     "The last top-level layer of `model` whose output is still a feature map larger than 1x1."
     children = list(model.children())
@@ -182,7 +183,7 @@ def gradcam_overlay(clf:Classifier, # a fastai-backend classifier
     heat = Image.fromarray((matplotlib.colormaps['jet'](cam)[..., :3] * 255).astype(np.uint8)).resize(picture.size, Image.Resampling.BILINEAR)
     return Image.blend(picture, heat, alpha)
 
-# %% ../nbs/05_inference.ipynb #ee61311a
+# %% ../nbs/05_inference.ipynb #70be3aaf
 class _CalibrationReader:
     "Feeds onnxruntime's quantizer batches of calibration images."
     def __init__(self, images:np.ndarray, bs:int=64): self.batches = iter([images[i:i + bs] for i in range(0, len(images), bs)])
@@ -223,7 +224,7 @@ def export_onnx(model_path=None, # verified learner to export; default the shipp
         paths.append(int8)
     return paths
 
-# %% ../nbs/05_inference.ipynb #893daf1b
+# %% ../nbs/05_inference.ipynb #39bbdcf0
 def benchmark(model_path=None, # learner whose backends to time; default the shipped model
               backends=tuple(BACKENDS), # which backends
               batch_sizes=(64, 256), # batch sizes for throughput
