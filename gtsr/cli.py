@@ -7,12 +7,12 @@ Docs: https://gtsr.github.io/gtsr/cli.html.md"""
 # %% auto #0
 __all__ = ['IMAGE_SUFFIXES', 'expand_inputs', 'predict_files', 'format_results', 'markdown_table', 'build_parser', 'main']
 
-# %% ../nbs/07_cli.ipynb #851da6f6
+# %% ../nbs/07_cli.ipynb #a4406ea5
 import argparse, sys
 from pathlib import Path
 from .data import GtsrError
 
-# %% ../nbs/07_cli.ipynb #ed7f68dd
+# %% ../nbs/07_cli.ipynb #fa3bb15e
 IMAGE_SUFFIXES = {'.jpg', '.jpeg', '.png', '.ppm', '.pgm', '.webp', '.bmp', '.gif', '.tif', '.tiff'}
 
 def expand_inputs(items) -> list[str]:
@@ -204,6 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None, # arguments, default `sys.argv[1:]`
         ) -> int:
     "Run the `gtsr` command; return its exit status."
+    import warnings
+    warnings.filterwarnings('ignore', category=FutureWarning) # torch.jit deprecation notices printed by fastai's imports
+    warnings.filterwarnings('ignore', message='load_learner') # we verify the checksum before any load_learner
     args = build_parser().parse_args(argv)
     try: status = args.run(args)
     except GtsrError as e:
@@ -214,5 +217,5 @@ def main(argv=None, # arguments, default `sys.argv[1:]`
         return 130
     return status or 0
 
-# %% ../nbs/07_cli.ipynb #2acaf799
+# %% ../nbs/07_cli.ipynb #851e8358
 if __name__ == '__main__': sys.exit(main())
