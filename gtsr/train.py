@@ -10,7 +10,7 @@ __all__ = ['TORCHVISION_ARCHS', 'ARCHS', 'SHIPPED_RECIPE', 'MANIFEST', 'TrainErr
            'ContrastNorm', 'conv_bn', 'ResidualBlock', 'signnet', 'make_learner', 'EpochCheckpoint', 'train',
            'export_model', 'record_in_manifest']
 
-# %% ../nbs/04_train.ipynb #d916597a
+# %% ../nbs/04_train.ipynb #43f615f0
 import hashlib, json, os, time, urllib.error
 from multiprocessing import Pool
 from pathlib import Path
@@ -25,7 +25,7 @@ from fastai.vision.all import (Callback, DataLoaders, IntToFloatTensor, LabelSmo
                                imagenet_stats, load_model, save_model, set_seed, vision_learner)
 from .data import CLASS_NAMES, N_CLASSES, GtsrError, load_gtsrb, read_image, to_model_array, track_split, file_digest
 
-# %% ../nbs/04_train.ipynb #f9e353a7
+# %% ../nbs/04_train.ipynb #4edbfac8
 class TrainError(GtsrError, RuntimeError):
     "A training run that cannot start or go on (bad options, missing pretrained weights, no checkpoint to resume)."
 
@@ -58,7 +58,7 @@ def image_cache(paths, # image files
     np.save(tmp, out); os.replace(tmp, cache)
     return out
 
-# %% ../nbs/04_train.ipynb #83fd9a5d
+# %% ../nbs/04_train.ipynb #6dd7347d
 class ArrayDataset:
     "Images (N x 3 x H x W uint8 tensor) and labels (N int64 tensor) that `ArrayLoader` slices into batches."
     def __init__(self, images, labels): self.images, self.labels = images, labels
@@ -107,7 +107,7 @@ def gtsrb_dataloaders(train:pd.DataFrame, # rows to train on
     dls.c, dls.vocab = N_CLASSES, CLASS_NAMES
     return dls
 
-# %% ../nbs/04_train.ipynb #7c3cfdd2
+# %% ../nbs/04_train.ipynb #5edb713c
 class ContrastNorm(nn.Module):
     "Standardise each image to mean 0 and standard deviation 1 (per image, over all channels and pixels)."
     def forward(self, x):
@@ -138,7 +138,7 @@ def signnet(n_out:int=N_CLASSES, # classes
                          conv_bn(2*w, 4*w, stride=2), ResidualBlock(4*w),
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(4*w, n_out))
 
-# %% ../nbs/04_train.ipynb #0a3d3169
+# %% ../nbs/04_train.ipynb #bcb31c13
 TORCHVISION_ARCHS = ['resnet18', 'resnet34', 'resnet50', 'mobilenet_v3_large', 'efficientnet_b0']
 ARCHS = TORCHVISION_ARCHS + ['signnet']
 
@@ -163,7 +163,7 @@ def make_learner(dls:DataLoaders, # from `gtsrb_dataloaders`
                          f"Connect to the internet, or put torchvision's weight file for {arch} in {hub}, "
                          "or train from scratch with --no-pretrained (a different model; nothing falls back silently).") from None
 
-# %% ../nbs/04_train.ipynb #d47f0820
+# %% ../nbs/04_train.ipynb #6a2dc369
 class EpochCheckpoint(Callback):
     "Save model, optimizer and progress to `folder` after every epoch."
     order = 90
@@ -180,7 +180,7 @@ class EpochCheckpoint(Callback):
         os.replace(self.folder/'progress.partial.json', self.folder/'progress.json')
         if self.config.get('stop_after') == (self.stage, self.epoch + 1): raise KeyboardInterrupt
 
-# %% ../nbs/04_train.ipynb #98dd3f3a
+# %% ../nbs/04_train.ipynb #e6dcd25c
 def _stages(arch:str, pretrained:bool, epochs:int, lr:float) -> list[tuple]:
     "The (frozen, epochs, lr) stages of a run: fastai's fine_tune for pretrained nets, one cycle otherwise."
     if pretrained and arch != 'signnet': return [(True, 1, lr), (False, epochs, slice(lr / 200, lr / 2))]
@@ -229,28 +229,25 @@ def train(data=None, # extracted GTSRB folder (either layout); default `default_
                       classes=CLASS_NAMES, config=config)
     start = time.time()
     for stage, (frozen, n_epoch, stage_lr) in enumerate(_stages(arch, pretrained, epochs, lr)):
+        if progress is not None and stage < progress['stage']: continue
+        if frozen: learn.freeze()
+        else: learn.unfreeze()
         done = 0
         if progress is not None:
-            if stage < progress['stage']: continue
-            if frozen: learn.freeze()
-            else: learn.unfreeze()
             learn.create_opt()
             load_model(out/'checkpoint.pth', learn.model, learn.opt, with_opt=True)
             done = progress['epoch'] if stage == progress['stage'] else 0
             progress = None
-        else:
-            if frozen: learn.freeze()
-            else: learn.unfreeze()
         if done >= n_epoch: continue
         ckpt = EpochCheckpoint(out, stage, {**config, 'stop_after': tuple(stop_after) if stop_after else None}, done)
         learn.fit_one_cycle(n_epoch, stage_lr, start_epoch=done, cbs=[ckpt])
     learn.gtsr['train_seconds'] = round(time.time() - start, 1)
     return export_model(learn, out/model_name, half=half)
 
-# %% ../nbs/04_train.ipynb #e2c1b7a4
+# %% ../nbs/04_train.ipynb #76ef4957
 SHIPPED_RECIPE = dict(arch='signnet', pretrained=False, epochs=24, lr=4e-3, bs=128, size=32, width=32, all_train=True, seed=42)
 
-# %% ../nbs/04_train.ipynb #8778e934
+# %% ../nbs/04_train.ipynb #1c2e8f1d
 MANIFEST = 'manifest.json'
 
 def export_model(learn:Learner, # trained learner with a `gtsr` metadata dict
