@@ -7,12 +7,12 @@ Docs: https://gtsr.github.io/gtsr/cli.html.md"""
 # %% auto #0
 __all__ = ['IMAGE_SUFFIXES', 'expand_inputs', 'predict_files', 'format_results', 'markdown_table', 'build_parser', 'main']
 
-# %% ../nbs/07_cli.ipynb #a4406ea5
+# %% ../nbs/07_cli.ipynb #38c198c0
 import argparse, sys
 from pathlib import Path
 from .data import GtsrError
 
-# %% ../nbs/07_cli.ipynb #fa3bb15e
+# %% ../nbs/07_cli.ipynb #81929303
 IMAGE_SUFFIXES = {'.jpg', '.jpeg', '.png', '.ppm', '.pgm', '.webp', '.bmp', '.gif', '.tif', '.tiff'}
 
 def expand_inputs(items) -> list[str]:
@@ -106,7 +106,7 @@ def _predict(args):
     return 2 if failed else 0
 
 def _export(args):
-    from gtsr.inference import export_onnx
+    from gtsr.inference import default_model_path, export_onnx, verify_model
     from gtsr.evaluate import parity
     import numpy as np
     calibration = None
@@ -116,7 +116,8 @@ def _export(args):
         train_rows = load_gtsrb(args.data).query("split == 'train'")
         if len(train_rows):
             picks = train_rows.sample(min(args.calibration_images, len(train_rows)), random_state=0)
-            calibration = np.asarray(image_cache(picks.path, 32))
+            size = verify_model(args.model or default_model_path())['size']
+            calibration = np.asarray(image_cache(picks.path, size))
     for p in export_onnx(args.model, calibration): print(f"wrote {p}")
     if calibration is None: print("no training images given (--data): INT8 model not written")
     if args.data:
@@ -217,5 +218,5 @@ def main(argv=None, # arguments, default `sys.argv[1:]`
         return 130
     return status or 0
 
-# %% ../nbs/07_cli.ipynb #851e8358
+# %% ../nbs/07_cli.ipynb #79c3e6c5
 if __name__ == '__main__': sys.exit(main())
