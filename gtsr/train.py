@@ -7,10 +7,10 @@ Docs: https://gtsr.github.io/gtsr/train.html.md"""
 # %% auto #0
 __all__ = ['TORCHVISION_ARCHS', 'ARCHS', 'SHIPPED_RECIPE', 'MANIFEST', 'TrainError', 'default_cache_dir', 'image_cache',
            'ArrayDataset', 'ArrayLoader', 'RandomBlur', 'sign_augmentations', 'to_tensor', 'gtsrb_dataloaders',
-           'ContrastNorm', 'conv_bn', 'ResidualBlock', 'signnet', 'make_learner', 'EpochCheckpoint', 'train',
-           'export_model', 'record_in_manifest']
+           'ContrastNorm', 'conv_bn', 'ResidualBlock', 'signnet', 'make_learner', 'EpochCheckpoint',
+           'CPUMixedPrecision', 'train', 'export_model', 'record_in_manifest']
 
-# %% ../nbs/04_train.ipynb #43f615f0
+# %% ../nbs/04_train.ipynb #75550a76
 import hashlib, json, os, time, urllib.error
 from multiprocessing import Pool
 from pathlib import Path
@@ -25,7 +25,7 @@ from fastai.vision.all import (Callback, DataLoaders, IntToFloatTensor, LabelSmo
                                imagenet_stats, load_model, save_model, set_seed, vision_learner)
 from .data import CLASS_NAMES, N_CLASSES, GtsrError, load_gtsrb, read_image, to_model_array, track_split, file_digest
 
-# %% ../nbs/04_train.ipynb #4edbfac8
+# %% ../nbs/04_train.ipynb #31e42446
 class TrainError(GtsrError, RuntimeError):
     "A training run that cannot start or go on (bad options, missing pretrained weights, no checkpoint to resume)."
 
@@ -58,7 +58,7 @@ def image_cache(paths, # image files
     np.save(tmp, out); os.replace(tmp, cache)
     return out
 
-# %% ../nbs/04_train.ipynb #6dd7347d
+# %% ../nbs/04_train.ipynb #3b1006bb
 class ArrayDataset:
     "Images (N x 3 x H x W uint8 tensor) and labels (N int64 tensor) that `ArrayLoader` slices into batches."
     def __init__(self, images, labels): self.images, self.labels = images, labels
@@ -107,7 +107,7 @@ def gtsrb_dataloaders(train:pd.DataFrame, # rows to train on
     dls.c, dls.vocab = N_CLASSES, CLASS_NAMES
     return dls
 
-# %% ../nbs/04_train.ipynb #5edb713c
+# %% ../nbs/04_train.ipynb #2b65ffc9
 class ContrastNorm(nn.Module):
     "Standardise each image to mean 0 and standard deviation 1 (per image, over all channels and pixels)."
     def forward(self, x):
@@ -138,7 +138,7 @@ def signnet(n_out:int=N_CLASSES, # classes
                          conv_bn(2*w, 4*w, stride=2), ResidualBlock(4*w),
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(4*w, n_out))
 
-# %% ../nbs/04_train.ipynb #bcb31c13
+# %% ../nbs/04_train.ipynb #5557f9ff
 TORCHVISION_ARCHS = ['resnet18', 'resnet34', 'resnet50', 'mobilenet_v3_large', 'efficientnet_b0']
 ARCHS = TORCHVISION_ARCHS + ['signnet']
 
@@ -163,7 +163,7 @@ def make_learner(dls:DataLoaders, # from `gtsrb_dataloaders`
                          f"Connect to the internet, or put torchvision's weight file for {arch} in {hub}, "
                          "or train from scratch with --no-pretrained (a different model; nothing falls back silently).") from None
 
-# %% ../nbs/04_train.ipynb #6a2dc369
+# %% ../nbs/04_train.ipynb #22de3b5d
 class EpochCheckpoint(Callback):
     "Save model, optimizer and progress to `folder` after every epoch."
     order = 90
@@ -180,7 +180,26 @@ class EpochCheckpoint(Callback):
         os.replace(self.folder/'progress.partial.json', self.folder/'progress.json')
         if self.config.get('stop_after') == (self.stage, self.epoch + 1): raise KeyboardInterrupt
 
-# %% ../nbs/04_train.ipynb #e6dcd25c
+# %% ../nbs/04_train.ipynb #1c2f2cf6
+class CPUMixedPrecision(Callback):
+    "Forward pass and loss in bfloat16 autocast on channels-last images; weights, gradients and optimizer stay float32."
+    order = 10
+    def before_fit(self): self.learn.model.to(memory_format=torch.channels_last)
+    def before_batch(self):
+        self.learn.xb = tuple(x.contiguous(memory_format=torch.channels_last) for x in self.xb)
+        self.autocast = torch.autocast('cpu', dtype=torch.bfloat16)
+        self.autocast.__enter__()
+    def after_pred(self): self.learn.pred = self.pred.float()
+    def after_loss(self): self._leave_autocast()
+    def after_batch(self): self._leave_autocast()
+    def after_fit(self):
+        self._leave_autocast()
+        self.learn.model.to(memory_format=torch.contiguous_format)
+    def _leave_autocast(self):
+        if getattr(self, 'autocast', None) is not None: self.autocast.__exit__(None, None, None)
+        self.autocast = None
+
+# %% ../nbs/04_train.ipynb #7ea0e843
 def _stages(arch:str, pretrained:bool, epochs:int, lr:float) -> list[tuple]:
     "The (frozen, epochs, lr) stages of a run: fastai's fine_tune for pretrained nets, one cycle otherwise."
     if pretrained and arch != 'signnet': return [(True, 1, lr), (False, epochs, slice(lr / 200, lr / 2))]
@@ -198,6 +217,7 @@ def train(data=None, # extracted GTSRB folder (either layout); default `default_
           valid_pct:float=0.2, # share of tracks held out for validation
           all_train:bool=False, # train on all training images (validation figures are then only a sanity check)
           seed:int=42, # random seed for the split, the weights and the augmentation
+          bf16:bool=True, # bfloat16 mixed precision on the CPU (`CPUMixedPrecision`): about 2x faster where supported
           resume:bool=False, # continue the interrupted run in `out`
           half:bool=True, # export the model in float16 (half the size, same predictions to ~1e-3)
           cache_dir=None, # decoded-image cache; default `default_cache_dir()`
@@ -208,7 +228,7 @@ def train(data=None, # extracted GTSRB folder (either layout); default `default_
     out = Path(out)
     lr = lr or (2e-3 if pretrained and arch != 'signnet' else 4e-3)
     config = dict(data=str(Path(data).absolute()) if data else None, arch=arch, pretrained=pretrained, epochs=epochs, lr=lr,
-                  bs=bs, size=size, width=width, valid_pct=valid_pct, all_train=all_train, seed=seed)
+                  bs=bs, size=size, width=width, valid_pct=valid_pct, all_train=all_train, seed=seed, bf16=bf16)
     progress = None
     if resume:
         if not (out/'progress.json').is_file(): raise TrainError(f"Nothing to resume in {out}: no progress.json from an earlier run.")
@@ -240,14 +260,14 @@ def train(data=None, # extracted GTSRB folder (either layout); default `default_
             progress = None
         if done >= n_epoch: continue
         ckpt = EpochCheckpoint(out, stage, {**config, 'stop_after': tuple(stop_after) if stop_after else None}, done)
-        learn.fit_one_cycle(n_epoch, stage_lr, start_epoch=done, cbs=[ckpt])
+        learn.fit_one_cycle(n_epoch, stage_lr, start_epoch=done, cbs=[ckpt] + ([CPUMixedPrecision()] if bf16 else []))
     learn.gtsr['train_seconds'] = round(time.time() - start, 1)
     return export_model(learn, out/model_name, half=half)
 
-# %% ../nbs/04_train.ipynb #76ef4957
+# %% ../nbs/04_train.ipynb #b2608fda
 SHIPPED_RECIPE = dict(arch='signnet', pretrained=False, epochs=24, lr=4e-3, bs=128, size=32, width=32, all_train=True, seed=42)
 
-# %% ../nbs/04_train.ipynb #1c2e8f1d
+# %% ../nbs/04_train.ipynb #bf973115
 MANIFEST = 'manifest.json'
 
 def export_model(learn:Learner, # trained learner with a `gtsr` metadata dict
