@@ -1,4 +1,4 @@
-import os, subprocess, sys
+import os, signal, subprocess, sys
 from pathlib import Path
 import pytest
 
@@ -9,6 +9,13 @@ def run_gtsr(*args, env=None, timeout=600, **kwargs):
     "Run the `gtsr` command line in a subprocess; return the CompletedProcess."
     return subprocess.run([sys.executable, '-m', 'gtsr.cli', *map(str, args)], capture_output=True, text=True,
                           env={**os.environ, **(env or {})}, timeout=timeout, **kwargs)
+
+def start_gtsr_interruptible(*args, env=None):
+    """Start the `gtsr` command line in a subprocess that Ctrl-C (SIGINT) interrupts, even when the test run itself was
+    started with SIGINT ignored (a shell's background job is), which the child would otherwise inherit."""
+    return subprocess.Popen([sys.executable, '-m', 'gtsr.cli', *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, **(env or {})},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 @pytest.fixture(scope='session')
 def synthetic_mirror(tmp_path_factory):

@@ -2,7 +2,7 @@
 import os, shutil, signal, subprocess, sys, time, zipfile
 from pathlib import Path
 import pytest
-from conftest import run_gtsr
+from conftest import run_gtsr, start_gtsr_interruptible
 from gtsr.data import DatasetError, load_gtsrb, track_split
 from gtsr.download import COMPLETE_MARKER
 from gtsr.synthetic import OFFICIAL_ARCHIVES, make_synthetic_archives
@@ -71,8 +71,7 @@ def big_mirror(root:Path, n:int=30000) -> Path:
 
 def test_interrupted_extraction_leaves_nothing(tmp_path):
     mirror, dest = big_mirror(tmp_path/'m'), tmp_path/'gtsrb'
-    p = subprocess.Popen([sys.executable, '-m', 'gtsr.cli', 'download', '--mirror', str(mirror), '--dest', str(dest), '--quiet'],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = start_gtsr_interruptible('download', '--mirror', mirror, '--dest', dest, '--quiet')
     staging = tmp_path/'.gtsrb.partial'/'GTSRB'
     deadline = time.time() + 60
     while not staging.exists() and time.time() < deadline and p.poll() is None: time.sleep(0.05)

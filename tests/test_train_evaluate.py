@@ -2,7 +2,7 @@
 import json, os, shutil, signal, subprocess, sys, time
 from pathlib import Path
 import pytest
-from conftest import run_gtsr
+from conftest import run_gtsr, start_gtsr_interruptible
 from gtsr.synthetic import make_synthetic_gtsrb
 
 TINY = ['--arch', 'signnet', '--no-pretrained', '--width', '8', '--bs', '32']
@@ -66,9 +66,9 @@ def test_missing_model_is_a_clear_error(tmp_path):
 
 def test_resume_after_interruption(synthetic_data, tmp_path):
     "Interrupt a real run with Ctrl-C after its first checkpoint, then --resume finishes it."
-    out, env = tmp_path/'run', {**os.environ, 'GTSR_CACHE': str(tmp_path/'cache')}
-    cmd = [sys.executable, '-m', 'gtsr.cli', 'train', '--data', str(synthetic_data), '--out', str(out), '--epochs', '30', *TINY]
-    p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, env = tmp_path/'run', {'GTSR_CACHE': str(tmp_path/'cache')}
+    args = ['train', '--data', synthetic_data, '--out', out, '--epochs', '30', *TINY]
+    p = start_gtsr_interruptible(*args, env=env)
     deadline = time.time() + 300
     while not (out/'progress.json').exists() and time.time() < deadline and p.poll() is None: time.sleep(0.2)
     assert p.poll() is None, "training ended before it could be interrupted"
@@ -77,11 +77,11 @@ def test_resume_after_interruption(synthetic_data, tmp_path):
     assert p.returncode == 130
     stopped = json.loads((out/'progress.json').read_text())['epoch']
     assert 1 <= stopped < 30 and not (out/'model.pkl').exists()
-    r = subprocess.run(cmd + ['--resume'], env=env, capture_output=True, text=True, timeout=900)
+    r = run_gtsr(*args, '--resume', env=env, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     progress = json.loads((out/'progress.json').read_text())
     assert progress['epoch'] == 30 and (out/'model.pkl').exists()
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    r = run_gtsr(*args, env=env)
     assert r.returncode == 1 and '--resume' in r.stderr
 
 def test_pretrained_without_weights_stops_with_a_message(synthetic_data, tmp_path):
