@@ -7,12 +7,12 @@ Docs: https://gtsr.github.io/gtsr/cli.html.md"""
 # %% auto #0
 __all__ = ['IMAGE_SUFFIXES', 'expand_inputs', 'predict_files', 'format_results', 'markdown_table', 'build_parser', 'main']
 
-# %% ../nbs/07_cli.ipynb #172492be
+# %% ../nbs/07_cli.ipynb #573c9c00
 import argparse, sys
 from pathlib import Path
 from .data import GtsrError
 
-# %% ../nbs/07_cli.ipynb #b96c821b
+# %% ../nbs/07_cli.ipynb #bb2228af
 IMAGE_SUFFIXES = {'.jpg', '.jpeg', '.png', '.ppm', '.pgm', '.webp', '.bmp', '.gif', '.tif', '.tiff'}
 
 def expand_inputs(items) -> list[str]:
@@ -81,7 +81,7 @@ def _train(args):
     from gtsr.train import train
     path = train(args.data, args.out, arch=args.arch, pretrained=args.pretrained, epochs=args.epochs, lr=args.lr, bs=args.bs,
                  size=args.size, width=args.width, valid_pct=args.valid_pct, all_train=args.all_train, seed=args.seed,
-                 bf16=args.bf16, resume=args.resume, half=not args.fp32)
+                 members=args.members, bf16=args.bf16, resume=args.resume, half=not args.fp32)
     print(f"model: {path} (sha256 in {path.parent/'manifest.json'})")
 
 def _bench_train(args):
@@ -159,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument('--valid-pct', type=float, default=0.2, help='share of tracks held out for validation')
     t.add_argument('--all-train', action='store_true', help='train on all training images (the shipped model)')
     t.add_argument('--seed', type=int, default=42); t.add_argument('--resume', action='store_true', help='continue the interrupted run in --out')
+    t.add_argument('--members', type=int, default=1, help='train this many networks (seeds SEED, SEED+1, ...) and ship their average (a committee)')
     t.add_argument('--bf16', action=argparse.BooleanOptionalAction, default=True, help='bfloat16 mixed precision on the CPU (default; about 2x faster where supported)')
     t.add_argument('--fp32', action='store_true', help='export float32 weights instead of float16')
     t.set_defaults(run=_train)
@@ -219,5 +220,5 @@ def main(argv=None, # arguments, default `sys.argv[1:]`
         return 130
     return status or 0
 
-# %% ../nbs/07_cli.ipynb #642851b6
+# %% ../nbs/07_cli.ipynb #7a1040f9
 if __name__ == '__main__': sys.exit(main())

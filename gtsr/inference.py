@@ -8,7 +8,7 @@ Docs: https://gtsr.github.io/gtsr/inference.html.md"""
 __all__ = ['BACKENDS', 'ModelError', 'default_model_path', 'verify_model', 'Prediction', 'ModelInput', 'Classifier',
            'top_predictions', 'gradcam', 'gradcam_overlay', 'export_onnx', 'benchmark']
 
-# %% ../nbs/05_inference.ipynb #38f9e2cb
+# %% ../nbs/05_inference.ipynb #50b4bcf8
 import json, os, time
 from pathlib import Path
 from typing import NamedTuple
@@ -16,9 +16,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 from .data import CLASS_NAMES, PROJECT_ROOT, GtsrError, ImageError, read_image, to_model_array, file_digest
-from .train import MANIFEST, record_in_manifest
+from .train import MANIFEST, Committee, record_in_manifest
 
-# %% ../nbs/05_inference.ipynb #286ad458
+# %% ../nbs/05_inference.ipynb #b0e7c39a
 class ModelError(GtsrError, RuntimeError):
     "A model file that is missing, unlisted in its manifest, or does not match its checksum."
 
@@ -44,7 +44,7 @@ def verify_model(path, # model file (.pkl or .onnx) with a manifest.json beside 
                          f"expected {entry['sha256']}): the file was changed or damaged; refusing to load it.")
     return entry
 
-# %% ../nbs/05_inference.ipynb #9b993105
+# %% ../nbs/05_inference.ipynb #7fe69ddd
 class Prediction(NamedTuple):
     "One guess: class id, English sign name, probability."
     class_id: int
@@ -133,7 +133,7 @@ def top_predictions(probabilities:np.ndarray, # 43 class probabilities
     order = np.argsort(-probabilities, kind='stable')[:topk]
     return [Prediction(int(c), CLASS_NAMES[c], float(probabilities[c])) for c in order]
 
-# %% ../nbs/05_inference.ipynb #def41216
+# %% ../nbs/05_inference.ipynb #afd9bcb3
 def _last_feature_layer(model:nn.Module, x:torch.Tensor) -> nn.Module:
     "The last top-level layer of `model` whose output is still a feature map larger than 1x1."
     children = list(model.children())
@@ -146,27 +146,35 @@ def _last_feature_layer(model:nn.Module, x:torch.Tensor) -> nn.Module:
         for h in hooks: h.remove()
     return [m for m, is_map in shapes if is_map][-1]
 
-def gradcam(clf:Classifier, # a fastai-backend classifier
-            image, # any input `read_image` takes
-            class_id:int|None=None, # class to explain; default the top prediction
-           ) -> np.ndarray:
-    "A size x size Grad-CAM heat map in 0-1 of `class_id` for `image`."
-    if clf.learner is None: raise ModelError("Grad-CAM needs the fastai backend.")
-    meta, model = clf.learner.gtsr, clf.learner.model.eval()
-    x = ModelInput(model, meta['mean'], meta['std']).normalise(torch.from_numpy(clf.to_array(image)[None]))
-    layer = _last_feature_layer(model, x)
+def _gradcam_map(net:nn.Module, # one network (not a committee)
+                 x:torch.Tensor, # 1 x 3 x size x size normalised image
+                 class_id:int, # class to explain
+                ) -> torch.Tensor:
+    "The Grad-CAM map of `class_id` in `net`, unnormalised, resized to the image."
+    layer = _last_feature_layer(net, x)
     store = {}
     h1 = layer.register_forward_hook(lambda m, i, o: store.update(act=o))
     h2 = layer.register_full_backward_hook(lambda m, gi, go: store.update(grad=go[0]))
     try:
-        x.requires_grad_(True)
-        logits = model(x)
-        c = int(logits.argmax()) if class_id is None else class_id
-        model.zero_grad(); logits[0, c].backward()
+        logits = net(x.detach().requires_grad_(True))
+        net.zero_grad(); logits[0, class_id].backward()
     finally: h1.remove(); h2.remove()
     weights = store['grad'].mean((2, 3), keepdim=True)
     cam = torch.relu((weights * store['act']).sum(1))[0].detach()
-    cam = torch.nn.functional.interpolate(cam[None, None], size=(clf.size, clf.size), mode='bilinear', align_corners=False)[0, 0]
+    return torch.nn.functional.interpolate(cam[None, None], size=x.shape[-2:], mode='bilinear', align_corners=False)[0, 0]
+
+def gradcam(clf:Classifier, # a fastai-backend classifier
+            image, # any input `read_image` takes
+            class_id:int|None=None, # class to explain; default the top prediction
+           ) -> np.ndarray:
+    "A size x size Grad-CAM heat map in 0-1 of `class_id` for `image` (a committee's is its members' average)."
+    if clf.learner is None: raise ModelError("Grad-CAM needs the fastai backend.")
+    meta, model = clf.learner.gtsr, clf.learner.model.eval()
+    array = clf.to_array(image)[None]
+    if class_id is None: class_id = int(clf.predict_arrays(array).argmax())
+    x = ModelInput(model, meta['mean'], meta['std']).normalise(torch.from_numpy(array))
+    nets = list(model.members) if isinstance(model, Committee) else [model]
+    cam = torch.stack([_gradcam_map(net, x, class_id) for net in nets]).mean(0)
     return (cam / cam.max()).numpy() if cam.max() > 0 else cam.numpy()
 
 def gradcam_overlay(clf:Classifier, # a fastai-backend classifier
@@ -183,7 +191,7 @@ def gradcam_overlay(clf:Classifier, # a fastai-backend classifier
     heat = Image.fromarray((matplotlib.colormaps['jet'](cam)[..., :3] * 255).astype(np.uint8)).resize(picture.size, Image.Resampling.BILINEAR)
     return Image.blend(picture, heat, alpha)
 
-# %% ../nbs/05_inference.ipynb #70be3aaf
+# %% ../nbs/05_inference.ipynb #173a3ad3
 class _CalibrationReader:
     "Feeds onnxruntime's quantizer batches of calibration images."
     def __init__(self, images:np.ndarray, bs:int=64): self.batches = iter([images[i:i + bs] for i in range(0, len(images), bs)])
@@ -224,7 +232,7 @@ def export_onnx(model_path=None, # verified learner to export; default the shipp
         paths.append(int8)
     return paths
 
-# %% ../nbs/05_inference.ipynb #39bbdcf0
+# %% ../nbs/05_inference.ipynb #3b3bbf23
 def benchmark(model_path=None, # learner whose backends to time; default the shipped model
               backends=tuple(BACKENDS), # which backends
               batch_sizes=(64, 256), # batch sizes for throughput

@@ -8,9 +8,9 @@ Docs: https://gtsr.github.io/gtsr/train.html.md"""
 __all__ = ['TORCHVISION_ARCHS', 'ARCHS', 'SHIPPED_RECIPE', 'MANIFEST', 'TrainError', 'default_cache_dir', 'image_cache',
            'ArrayDataset', 'ArrayLoader', 'RandomBlur', 'sign_augmentations', 'to_tensor', 'gtsrb_dataloaders',
            'ContrastNorm', 'conv_bn', 'ResidualBlock', 'signnet', 'make_learner', 'EpochCheckpoint',
-           'CPUMixedPrecision', 'train', 'export_model', 'record_in_manifest']
+           'CPUMixedPrecision', 'train', 'export_model', 'record_in_manifest', 'Committee', 'export_committee']
 
-# %% ../nbs/04_train.ipynb #0dd0e210
+# %% ../nbs/04_train.ipynb #278dbee4
 import hashlib, json, os, time, urllib.error
 from multiprocessing import Pool
 from pathlib import Path
@@ -25,7 +25,7 @@ from fastai.vision.all import (Callback, DataLoaders, IntToFloatTensor, LabelSmo
                                imagenet_stats, load_model, save_model, set_seed, vision_learner)
 from .data import CLASS_NAMES, N_CLASSES, GtsrError, load_gtsrb, read_image, to_model_array, track_split, file_digest
 
-# %% ../nbs/04_train.ipynb #ed5cd9db
+# %% ../nbs/04_train.ipynb #6f77a3d9
 class TrainError(GtsrError, RuntimeError):
     "A training run that cannot start or go on (bad options, missing pretrained weights, no checkpoint to resume)."
 
@@ -58,7 +58,7 @@ def image_cache(paths, # image files
     np.save(tmp, out); os.replace(tmp, cache)
     return out
 
-# %% ../nbs/04_train.ipynb #f7df4ed1
+# %% ../nbs/04_train.ipynb #c09dcdcc
 class ArrayDataset:
     "Images (N x 3 x H x W uint8 tensor) and labels (N int64 tensor) that `ArrayLoader` slices into batches."
     def __init__(self, images, labels): self.images, self.labels = images, labels
@@ -107,7 +107,7 @@ def gtsrb_dataloaders(train:pd.DataFrame, # rows to train on
     dls.c, dls.vocab = N_CLASSES, CLASS_NAMES
     return dls
 
-# %% ../nbs/04_train.ipynb #2b3e0b93
+# %% ../nbs/04_train.ipynb #d4da953d
 class ContrastNorm(nn.Module):
     "Standardise each image to mean 0 and standard deviation 1 (per image, over all channels and pixels)."
     def forward(self, x):
@@ -138,7 +138,7 @@ def signnet(n_out:int=N_CLASSES, # classes
                          conv_bn(2*w, 4*w, stride=2), ResidualBlock(4*w),
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(4*w, n_out))
 
-# %% ../nbs/04_train.ipynb #4886677a
+# %% ../nbs/04_train.ipynb #690d252a
 TORCHVISION_ARCHS = ['resnet18', 'resnet34', 'resnet50', 'mobilenet_v3_large', 'efficientnet_b0']
 ARCHS = TORCHVISION_ARCHS + ['signnet']
 
@@ -163,7 +163,7 @@ def make_learner(dls:DataLoaders, # from `gtsrb_dataloaders`
                          f"Connect to the internet, or put torchvision's weight file for {arch} in {hub}, "
                          "or train from scratch with --no-pretrained (a different model; nothing falls back silently).") from None
 
-# %% ../nbs/04_train.ipynb #63067e3d
+# %% ../nbs/04_train.ipynb #4e5e07a9
 class EpochCheckpoint(Callback):
     "Save model, optimizer and progress to `folder` after every epoch."
     order = 90
@@ -180,7 +180,7 @@ class EpochCheckpoint(Callback):
         os.replace(self.folder/'progress.partial.json', self.folder/'progress.json')
         if self.config.get('stop_after') == (self.stage, self.epoch + 1): raise KeyboardInterrupt
 
-# %% ../nbs/04_train.ipynb #c4095f6a
+# %% ../nbs/04_train.ipynb #f059cc90
 class CPUMixedPrecision(Callback):
     "Forward pass and loss in bfloat16 autocast on channels-last images; weights, gradients and optimizer stay float32."
     order = 10
@@ -199,7 +199,7 @@ class CPUMixedPrecision(Callback):
         if getattr(self, 'autocast', None) is not None: self.autocast.__exit__(None, None, None)
         self.autocast = None
 
-# %% ../nbs/04_train.ipynb #ff2460c0
+# %% ../nbs/04_train.ipynb #3d3a46f4
 def _stages(arch:str, pretrained:bool, epochs:int, lr:float) -> list[tuple]:
     "The (frozen, epochs, lr) stages of a run: fastai's fine_tune for pretrained nets, one cycle otherwise."
     if pretrained and arch != 'signnet': return [(True, 1, lr), (False, epochs, slice(lr / 200, lr / 2))]
@@ -217,6 +217,7 @@ def train(data=None, # extracted GTSRB folder (either layout); default `default_
           valid_pct:float=0.2, # share of tracks held out for validation
           all_train:bool=False, # train on all training images (validation figures are then only a sanity check)
           seed:int=42, # random seed for the split, the weights and the augmentation
+          members:int=1, # networks to train alike (seeds seed, seed+1, ...) and join in one `Committee`
           bf16:bool=True, # bfloat16 mixed precision on the CPU (`CPUMixedPrecision`): about 2x faster where supported
           resume:bool=False, # continue the interrupted run in `out`
           half:bool=True, # export the model in float16 (half the size, same predictions to ~1e-3)
@@ -226,6 +227,13 @@ def train(data=None, # extracted GTSRB folder (either layout); default `default_
          ) -> Path:
     "Train a GTSRB classifier, export it to `out/model_name` with a checksum manifest, and return its path."
     out = Path(out)
+    if members < 1: raise TrainError(f"members must be 1 or more, not {members}.")
+    if members > 1:
+        options = dict(arch=arch, pretrained=pretrained, epochs=epochs, lr=lr, bs=bs, size=size, width=width, valid_pct=valid_pct,
+                       all_train=all_train, bf16=bf16, half=half, cache_dir=cache_dir, model_name=model_name, stop_after=stop_after)
+        runs = [out/f'member{i + 1}' for i in range(members)]
+        paths = [train(data, run, seed=seed + i, resume=resume and (run/'progress.json').is_file(), **options) for i, run in enumerate(runs)]
+        return export_committee(paths, out/model_name, half=half)
     lr = lr or (2e-3 if pretrained and arch != 'signnet' else 4e-3)
     config = dict(data=str(Path(data).absolute()) if data else None, arch=arch, pretrained=pretrained, epochs=epochs, lr=lr,
                   bs=bs, size=size, width=width, valid_pct=valid_pct, all_train=all_train, seed=seed, bf16=bf16)
@@ -264,10 +272,10 @@ def train(data=None, # extracted GTSRB folder (either layout); default `default_
     learn.gtsr['train_seconds'] = round(time.time() - start, 1)
     return export_model(learn, out/model_name, half=half)
 
-# %% ../nbs/04_train.ipynb #1a0d0a21
-SHIPPED_RECIPE = dict(arch='signnet', pretrained=False, epochs=48, lr=4e-3, bs=128, size=32, width=32, all_train=True, seed=42, bf16=True)
+# %% ../nbs/04_train.ipynb #f7d63fa2
+SHIPPED_RECIPE = dict(arch='signnet', pretrained=False, epochs=48, lr=4e-3, bs=128, size=32, width=32, all_train=True, seed=42, bf16=True, members=1)
 
-# %% ../nbs/04_train.ipynb #3d2ec6a2
+# %% ../nbs/04_train.ipynb #1ff538eb
 MANIFEST = 'manifest.json'
 
 def export_model(learn:Learner, # trained learner with a `gtsr` metadata dict
@@ -303,3 +311,32 @@ def _half_copy(model:nn.Module) -> nn.Module:
     "A float16 copy of `model`, leaving `model` as it is."
     import copy
     return copy.deepcopy(model).half()
+
+# %% ../nbs/04_train.ipynb #fafbf107
+class Committee(nn.Module):
+    "Networks that classify the same images; returns the log of their averaged class probabilities."
+    def __init__(self, members:list[nn.Module]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+    def forward(self, x): return torch.stack([torch.softmax(m(x), dim=1) for m in self.members]).mean(0).log()
+
+def export_committee(paths, # exported learners of networks trained alike, each listed in the manifest beside it
+                     path, # file to write the committee learner to; its sha256 goes into manifest.json beside it
+                     half:bool=True, # store the weights in float16
+                    ) -> Path:
+    "Join the networks of the checksum-verified learners at `paths` into one `Committee` learner exported to `path`."
+    from fastai.learner import load_learner
+    from gtsr.inference import verify_model
+    paths = [Path(p) for p in paths]
+    learners = []
+    for p in paths:
+        verify_model(p)
+        learners.append(load_learner(p, cpu=True))
+    first = learners[0]
+    for p, learn in zip(paths[1:], learners[1:]):
+        differ = [k for k in ('arch', 'size', 'mean', 'std', 'classes') if learn.gtsr[k] != first.gtsr[k]]
+        if differ: raise TrainError(f"{p} cannot join a committee with {paths[0]}: they differ in {', '.join(differ)}.")
+    first.model = Committee([learn.model.float() for learn in learners])
+    first.gtsr = {**first.gtsr, 'members': [learn.gtsr['config'] for learn in learners],
+                  'train_seconds': round(sum(learn.gtsr.get('train_seconds', 0) for learn in learners), 1)}
+    return export_model(first, path, half=half)
