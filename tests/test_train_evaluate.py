@@ -91,3 +91,23 @@ def test_pretrained_without_weights_stops_with_a_message(synthetic_data, tmp_pat
     assert r.returncode == 1
     assert 'ImageNet weights for resnet18 could not be downloaded' in r.stderr and '--no-pretrained' in r.stderr
     assert not (tmp_path/'run'/'model.pkl').exists()
+
+def test_committee_trains_exports_and_agrees_across_backends(synthetic_data, tmp_path):
+    "`gtsr train --members 2`: two member runs, one committee learner, ONNX exports that agree with it."
+    out = tmp_path/'committee'
+    r = run_gtsr('train', '--data', synthetic_data, '--out', out, '--epochs', '2', '--all-train', '--members', '2', '--seed', '5', *TINY,
+                 env={'GTSR_CACHE': str(tmp_path/'cache')})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (out/'member1'/'model.pkl').is_file() and (out/'member2'/'model.pkl').is_file()
+    import numpy as np
+    from gtsr.data import load_gtsrb
+    from gtsr.inference import Classifier
+    from gtsr.train import Committee
+    clf = Classifier.load(out/'model.pkl')
+    assert isinstance(clf.learner.model, Committee) and [m['seed'] for m in clf.learner.gtsr['members']] == [5, 6]
+    r = run_gtsr('export', '--model', out/'model.pkl', '--data', synthetic_data)
+    assert r.returncode == 0, r.stderr[-3000:]
+    images = list(load_gtsrb(synthetic_data).query("split == 'test'").path)
+    assert np.abs(Classifier.load(out/'model.pkl', 'onnx').probabilities(images) - clf.probabilities(images)).max() < 1e-4
+    r = run_gtsr('train', '--data', synthetic_data, '--out', tmp_path/'none', '--members', '0', *TINY)
+    assert r.returncode != 0 and 'members must be 1 or more' in r.stderr
