@@ -10,7 +10,7 @@ __all__ = ['TORCHVISION_ARCHS', 'ARCHS', 'SHIPPED_RECIPE', 'MANIFEST', 'TrainErr
            'ContrastNorm', 'conv_bn', 'ResidualBlock', 'signnet', 'make_learner', 'EpochCheckpoint',
            'CPUMixedPrecision', 'train', 'export_model', 'record_in_manifest', 'Committee', 'export_committee']
 
-# %% ../nbs/04_train.ipynb #65b30fcb
+# %% ../nbs/04_train.ipynb #abfa604c
 import hashlib, json, os, time, urllib.error
 from multiprocessing import Pool
 from pathlib import Path
@@ -25,7 +25,7 @@ from fastai.vision.all import (Callback, DataLoaders, IntToFloatTensor, LabelSmo
                                imagenet_stats, load_model, save_model, set_seed, vision_learner)
 from .data import CLASS_NAMES, N_CLASSES, GtsrError, load_gtsrb, read_image, to_model_array, track_split, file_digest
 
-# %% ../nbs/04_train.ipynb #fd8e4261
+# %% ../nbs/04_train.ipynb #3ae28c23
 class TrainError(GtsrError, RuntimeError):
     "A training run that cannot start or go on (bad options, missing pretrained weights, no checkpoint to resume)."
 
@@ -58,7 +58,7 @@ def image_cache(paths, # image files
     np.save(tmp, out); os.replace(tmp, cache)
     return out
 
-# %% ../nbs/04_train.ipynb #e733f38d
+# %% ../nbs/04_train.ipynb #41f12627
 class ArrayDataset:
     "Images (N x 3 x H x W uint8 tensor) and labels (N int64 tensor) that `ArrayLoader` slices into batches."
     def __init__(self, images, labels): self.images, self.labels = images, labels
@@ -107,7 +107,7 @@ def gtsrb_dataloaders(train:pd.DataFrame, # rows to train on
     dls.c, dls.vocab = N_CLASSES, CLASS_NAMES
     return dls
 
-# %% ../nbs/04_train.ipynb #d477e85c
+# %% ../nbs/04_train.ipynb #753802ab
 class ContrastNorm(nn.Module):
     "Standardise each image to mean 0 and standard deviation 1 (per image, over all channels and pixels)."
     def forward(self, x):
@@ -138,7 +138,7 @@ def signnet(n_out:int=N_CLASSES, # classes
                          conv_bn(2*w, 4*w, stride=2), ResidualBlock(4*w),
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(4*w, n_out))
 
-# %% ../nbs/04_train.ipynb #4aa1bcf6
+# %% ../nbs/04_train.ipynb #1bb1502f
 TORCHVISION_ARCHS = ['resnet18', 'resnet34', 'resnet50', 'mobilenet_v3_large', 'efficientnet_b0']
 ARCHS = TORCHVISION_ARCHS + ['signnet']
 
@@ -163,7 +163,7 @@ def make_learner(dls:DataLoaders, # from `gtsrb_dataloaders`
                          f"Connect to the internet, or put torchvision's weight file for {arch} in {hub}, "
                          "or train from scratch with --no-pretrained (a different model; nothing falls back silently).") from None
 
-# %% ../nbs/04_train.ipynb #7ce7bcd1
+# %% ../nbs/04_train.ipynb #0e68a5c3
 class EpochCheckpoint(Callback):
     "Save model, optimizer and progress to `folder` after every epoch."
     order = 90
@@ -180,7 +180,7 @@ class EpochCheckpoint(Callback):
         os.replace(self.folder/'progress.partial.json', self.folder/'progress.json')
         if self.config.get('stop_after') == (self.stage, self.epoch + 1): raise KeyboardInterrupt
 
-# %% ../nbs/04_train.ipynb #0b5006aa
+# %% ../nbs/04_train.ipynb #65a5f6e8
 class CPUMixedPrecision(Callback):
     "Forward pass and loss in bfloat16 autocast on channels-last images; weights, gradients and optimizer stay float32."
     order = 10
@@ -199,7 +199,7 @@ class CPUMixedPrecision(Callback):
         if getattr(self, 'autocast', None) is not None: self.autocast.__exit__(None, None, None)
         self.autocast = None
 
-# %% ../nbs/04_train.ipynb #2c32338b
+# %% ../nbs/04_train.ipynb #f16f5adb
 def _stages(arch:str, pretrained:bool, epochs:int, lr:float) -> list[tuple]:
     "The (frozen, epochs, lr) stages of a run: fastai's fine_tune for pretrained nets, one cycle otherwise."
     if pretrained and arch != 'signnet': return [(True, 1, lr), (False, epochs, slice(lr / 200, lr / 2))]
@@ -272,10 +272,10 @@ def train(data=None, # extracted GTSRB folder (either layout); default `default_
     learn.gtsr['train_seconds'] = round(time.time() - start, 1)
     return export_model(learn, out/model_name, half=half)
 
-# %% ../nbs/04_train.ipynb #beb8d3a4
+# %% ../nbs/04_train.ipynb #4f74f8e3
 SHIPPED_RECIPE = dict(arch='signnet', pretrained=False, epochs=20, lr=4e-3, bs=128, size=32, width=32, all_train=True, seed=1, bf16=True, members=3)
 
-# %% ../nbs/04_train.ipynb #d217e264
+# %% ../nbs/04_train.ipynb #dcbdeb3e
 MANIFEST = 'manifest.json'
 
 def export_model(learn:Learner, # trained learner with a `gtsr` metadata dict
@@ -312,7 +312,7 @@ def _half_copy(model:nn.Module) -> nn.Module:
     import copy
     return copy.deepcopy(model).half()
 
-# %% ../nbs/04_train.ipynb #e4bfa6ec
+# %% ../nbs/04_train.ipynb #d6743459
 class Committee(nn.Module):
     "Networks that classify the same images; returns the log of their averaged class probabilities."
     def __init__(self, members:list[nn.Module]):
@@ -325,18 +325,14 @@ def export_committee(paths, # exported learners of networks trained alike, each 
                      half:bool=True, # store the weights in float16
                     ) -> Path:
     "Join the networks of the checksum-verified learners at `paths` into one `Committee` learner exported to `path`."
-    from fastai.learner import load_learner
-    from gtsr.inference import verify_model
+    from gtsr.inference import Classifier
     paths = [Path(p) for p in paths]
-    learners = []
-    for p in paths:
-        verify_model(p)
-        learners.append(load_learner(p, cpu=True))
+    learners = [Classifier.load(p).learner for p in paths]
     first = learners[0]
     for p, learn in zip(paths[1:], learners[1:]):
         differ = [k for k in ('arch', 'size', 'mean', 'std', 'classes') if learn.gtsr[k] != first.gtsr[k]]
         if differ: raise TrainError(f"{p} cannot join a committee with {paths[0]}: they differ in {', '.join(differ)}.")
-    first.model = Committee([learn.model.float() for learn in learners])
+    first.model = Committee([learn.model for learn in learners])
     first.gtsr = {**first.gtsr, 'members': [learn.gtsr['config'] for learn in learners],
                   'train_seconds': round(sum(learn.gtsr.get('train_seconds', 0) for learn in learners), 1)}
     return export_model(first, path, half=half)
