@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 from conftest import ROOT
 from gtsr.app import voila_command
-from gtsr.inference import default_model_path
+from gtsr.modelfile import default_model_path
 
 CHROMIUM = shutil.which('chromium') or '/usr/bin/chromium'
 ARTIFACTS = ROOT/'tests'/'_artifacts'

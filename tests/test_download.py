@@ -4,8 +4,8 @@ from pathlib import Path
 import pytest
 from conftest import run_gtsr, start_gtsr_interruptible
 from gtsr.data import DatasetError, load_gtsrb, track_split
-from gtsr.download import COMPLETE_MARKER
-from gtsr.synthetic import OFFICIAL_ARCHIVES, make_synthetic_archives
+from gtsr.download import COMPLETE_MARKER, OFFICIAL_ARCHIVES
+from gtsr.synthetic import make_synthetic_archives
 from gtsr.data import file_digest
 
 def leftovers(dest:Path) -> list:

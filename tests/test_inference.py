@@ -6,7 +6,8 @@ import pytest
 from PIL import Image
 from conftest import ROOT, run_gtsr
 from gtsr.data import ImageError, load_gtsrb
-from gtsr.inference import BACKENDS, Classifier, default_model_path
+from gtsr.inference import Classifier
+from gtsr.modelfile import BACKENDS, default_model_path
 from test_train_evaluate import tiny_model, synthetic_data  # noqa: F401 (fixtures)
 
 @pytest.fixture(scope='module')
@@ -77,6 +78,7 @@ def test_predict_table_json_csv_and_exit_codes(tiny_model, sign, tmp_path):
     out = json.loads(r.stdout)
     assert [Path(o['path']).name for o in out] == ['b.png', 'a.ppm'] and len(out[0]['predictions']) == 5
     assert set(out[0]['predictions'][0]) == {'class_id', 'name', 'probability'}
+    assert set(out[0]) == {'path', 'predictions', 'verdict'} and out[0]['verdict'] in ('sign', 'not_sure')
     (folder/'junk.png').write_bytes(b'nope')
     r = run_gtsr('predict', '--model', tiny_model, '--csv', '--topk', '2', folder)
     assert r.returncode == 2 and '1 of 3 files could not be classified' in r.stderr
@@ -107,7 +109,7 @@ def test_shipped_model_loads_and_is_verified():
     assert clf.size == json.loads((path.parent/'manifest.json').read_text())['model.pkl']['size']
 
 def test_shipped_model_on_real_test_images(real_data):
-    "The shipped model on 500 real test images (the full figure is in models/README.md)."
+    "The shipped model on 500 real test images (the full figure is in gtsr/models/README.md)."
     test = load_gtsrb(real_data).query("split == 'test'").sample(500, random_state=0)
     for backend in BACKENDS:
         clf = Classifier.load(None, backend)

@@ -15,7 +15,7 @@ def synthetic_data(tmp_path_factory):
 def tiny_model(synthetic_data, tmp_path_factory):
     "A signnet trained for a few epochs on the synthetic data through the command line."
     out = tmp_path_factory.mktemp('run')
-    r = run_gtsr('train', '--data', synthetic_data, '--out', out, '--epochs', '8', '--all-train', *TINY,
+    r = run_gtsr('train', '--data', synthetic_data, '--out', out, '--epochs', '8', '--all-train', '--members', '1', *TINY,
                  env={'GTSR_CACHE': str(tmp_path_factory.mktemp('cache'))})
     assert r.returncode == 0, r.stderr[-3000:]
     assert 'model:' in r.stdout
@@ -67,7 +67,7 @@ def test_missing_model_is_a_clear_error(tmp_path):
 def test_resume_after_interruption(synthetic_data, tmp_path):
     "Interrupt a real run with Ctrl-C after its first checkpoint, then --resume finishes it."
     out, env = tmp_path/'run', {'GTSR_CACHE': str(tmp_path/'cache')}
-    args = ['train', '--data', synthetic_data, '--out', out, '--epochs', '30', *TINY]
+    args = ['train', '--data', synthetic_data, '--out', out, '--epochs', '30', '--members', '1', *TINY]
     p = start_gtsr_interruptible(*args, env=env)
     deadline = time.time() + 300
     while not (out/'progress.json').exists() and time.time() < deadline and p.poll() is None: time.sleep(0.2)
@@ -102,7 +102,7 @@ def test_committee_trains_exports_and_agrees_across_backends(synthetic_data, tmp
     import numpy as np
     from gtsr.data import load_gtsrb
     from gtsr.inference import Classifier
-    from gtsr.train import Committee
+    from gtsr.model import Committee
     clf = Classifier.load(out/'model.pkl')
     assert isinstance(clf.learner.model, Committee) and [m['seed'] for m in clf.learner.gtsr['members']] == [5, 6]
     r = run_gtsr('export', '--model', out/'model.pkl', '--data', synthetic_data)
