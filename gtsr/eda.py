@@ -8,7 +8,7 @@ Docs: https://gtsr.github.io/gtsr/eda.html.md"""
 __all__ = ['show_references', 'show_samples', 'plot_class_counts', 'plot_sizes', 'plot_track_lengths', 'show_track',
            'image_brightness', 'plot_brightness']
 
-# %% ../nbs/03_eda.ipynb #ff90000f
+# %% ../nbs/03_eda.ipynb #938d2519
 from pathlib import Path
 import numpy as np
 import pandas as pd
@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt
 import seaborn as sns
 from .data import CLASS_NAMES, N_CLASSES, read_image, reference_images
 
-# %% ../nbs/03_eda.ipynb #3f30df3e
+# %% ../nbs/03_eda.ipynb #6218fa86
 def _grid(items, # (image path, title) pairs
           ncols:int=9, # pictures per row
           size:float=1.55, # inches per picture
@@ -42,7 +42,7 @@ def show_references(refs:dict) -> plt.Figure:
     "A grid of the reference picture of each class, with its id and name."
     return _grid([(refs[c], _label(c)) for c in sorted(refs)])
 
-# %% ../nbs/03_eda.ipynb #0b5e05df
+# %% ../nbs/03_eda.ipynb #21ec8147
 def show_samples(df:pd.DataFrame, # `load_gtsrb` table
                  seed:int=0, # which random sample
                 ) -> plt.Figure:
@@ -51,7 +51,7 @@ def show_samples(df:pd.DataFrame, # `load_gtsrb` table
     picks = train.groupby('class_id').sample(1, random_state=seed)
     return _grid([(p, _label(c)) for p, c in zip(picks.path, picks.class_id)])
 
-# %% ../nbs/03_eda.ipynb #8e1ab2e3
+# %% ../nbs/03_eda.ipynb #e684a06a
 def plot_class_counts(df:pd.DataFrame) -> plt.Figure:
     "Images per class, training vs test, as share of each split, so the two are comparable."
     counts = df.groupby(['class_id', 'split']).size().unstack(fill_value=0)
@@ -66,7 +66,7 @@ def plot_class_counts(df:pd.DataFrame) -> plt.Figure:
     fig.tight_layout()
     return fig
 
-# %% ../nbs/03_eda.ipynb #ee70cb7d
+# %% ../nbs/03_eda.ipynb #75f46087
 def plot_sizes(df:pd.DataFrame) -> plt.Figure:
     "Histograms of the original image width and height, from the CSV."
     fig, axs = plt.subplots(1, 2, figsize=(10, 3.5), sharey=True)
@@ -78,7 +78,7 @@ def plot_sizes(df:pd.DataFrame) -> plt.Figure:
     fig.tight_layout()
     return fig
 
-# %% ../nbs/03_eda.ipynb #1979f80f
+# %% ../nbs/03_eda.ipynb #59b0581b
 def plot_track_lengths(df:pd.DataFrame) -> plt.Figure:
     "Tracks per class, with the number of images per track in the title."
     train = df[df.split == 'train']
@@ -101,7 +101,7 @@ def show_track(df:pd.DataFrame, # `load_gtsrb` table
     paths = sorted(train[train.track == track].path)[::step]
     return _grid([(p, Path(p).stem) for p in paths], ncols=10, size=1.1)
 
-# %% ../nbs/03_eda.ipynb #50e50961
+# %% ../nbs/03_eda.ipynb #e6ebc797
 def image_brightness(paths) -> np.ndarray:
     "Mean grey value (0-255) of each image."
     return np.array([np.asarray(read_image(p).convert('L'), dtype=np.float32).mean() for p in paths])

@@ -32,7 +32,7 @@ def good_inputs(sign:Path, tmp:Path) -> dict:
         'cmyk': save(rgb.convert('CMYK'), tmp/'cmyk.jpg'),
         'exif-rotated': save(rgb.rotate(90, expand=True), tmp/'exif.jpg', exif=exif),
         '4000x3000': save(big, tmp/'big.jpg', quality=90),
-        'webp': save(rgb, tmp/'sign.webp'), 'bmp': save(rgb, tmp/'sign.bmp'), 'ppm': sign,
+        'webp': save(rgb, tmp/'sign.webp', lossless=True), 'bmp': save(rgb, tmp/'sign.bmp'), 'ppm': sign,
         'bytes': sign.read_bytes(), 'pil': rgb, 'numpy': np.asarray(rgb), 'numpy-gray-uint16': a16,
     }
 
