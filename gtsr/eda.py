@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import matplotlib.pyplot as plt
 import seaborn as sns
-from .data import CLASS_NAMES, N_CLASSES, read_image, reference_images
+from .data import CLASS_NAMES, N_CLASSES, read_image
 
 # %% ../nbs/03_eda.ipynb #6218fa86
 def _grid(items, # (image path, title) pairs

@@ -20,7 +20,7 @@ import seaborn as sns
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 from .data import CLASS_NAMES, N_CLASSES, DatasetError, file_digest, image_cache, load_gtsrb, read_image
 from .inference import Classifier
-from .modelfile import BACKENDS, ModelError, default_model_path, update_manifest_entry
+from .modelfile import BACKENDS, ModelError, update_manifest_entry
 
 # %% ../nbs/09_evaluate.ipynb #351f4207
 def confidence_bins(probabilities:np.ndarray, # N x classes

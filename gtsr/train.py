@@ -11,7 +11,7 @@ __all__ = ['ArrayDataset', 'ArrayLoader', 'RandomBlur', 'sign_augmentations', 't
 
 # %% ../nbs/07_train.ipynb #6abf6ccd
 import json, os, time, urllib.error
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 import numpy as np
 import pandas as pd
@@ -21,10 +21,10 @@ import torchvision
 from fastai.vision.all import (Callback, DataLoaders, IntToFloatTensor, LabelSmoothingCrossEntropyFlat, Learner,
                                Normalize, RandTransform, TensorCategory, TensorImage, TfmdDL, accuracy, aug_transforms,
                                imagenet_stats, load_model, save_model, set_seed, vision_learner)
-from .config import ARCHS, SHIPPED_RECIPE, TORCHVISION_ARCHS, TrainConfig, TrainError
+from .config import SHIPPED_RECIPE, TrainConfig, TrainError
 from .data import CLASS_NAMES, N_CLASSES, image_cache, load_gtsrb, track_split
 from .model import Committee, ContrastNorm, ResidualBlock, signnet # also the names older learner pickles refer to
-from .modelfile import MANIFEST, ModelMeta, load_learner_verified, record_in_manifest, verify_model
+from .modelfile import ModelMeta, load_learner_verified, record_in_manifest, verify_model
 
 # %% ../nbs/07_train.ipynb #eeeade5e
 class ArrayDataset:
