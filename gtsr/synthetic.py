@@ -79,14 +79,15 @@ def make_synthetic_gtsrb(dest, # folder to create; must not exist yet or be empt
             test_rows.append((c, size, draw_sign(c, size, rng)))
     order = rng.permutation(len(test_rows))
     test_rows = [test_rows[k] for k in order]
-    (_write_official if layout == 'official' else _write_kaggle)(dest, train_rows, test_rows, n_classes)
+    if layout == 'official': _write_official(dest, train_rows, test_rows)
+    else: _write_kaggle(dest, train_rows, test_rows, n_classes)
     return dest
 
 def _write_csv(path:Path, header:list, rows:list, sep:str):
     with open(path, 'w', newline='') as f:
         w = csv.writer(f, delimiter=sep); w.writerow(header); w.writerows(rows)
 
-def _write_official(dest:Path, train_rows, test_rows, n_classes):
+def _write_official(dest:Path, train_rows, test_rows):
     "The official archives' layout: GTSRB/Final_Training/Images/000CC/*.ppm, GTSRB/Final_Test/Images/*.ppm, GT-final_test.csv."
     by_class = {}
     for c, t, i, size, img in train_rows:
