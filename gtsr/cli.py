@@ -1,4 +1,4 @@
-"""`main`, the `gtsr` command: `gtsr download`, `train`, `evaluate`, `predict`, `export`, `bench`, `bench-train` and `app`, each a thin wrapper over the function of the same job in its module.
+"""`main`, the `gtsr` command: `gtsr download`, `train`, `evaluate`, `predict`, `export`, `bench`, `bench-train`, `serve`, `bench-serve` and `app`, each a thin wrapper over the function of the same job in its module.
 
 Docs: https://gtsr.github.io/gtsr/cli.html.md"""
 
@@ -7,7 +7,8 @@ Docs: https://gtsr.github.io/gtsr/cli.html.md"""
 # %% auto #0
 __all__ = ['COMMANDS', 'IMAGE_SUFFIXES', 'command', 'build_parser', 'main', 'add_download', 'add_config_options', 'config_from',
            'add_train', 'add_model_options', 'add_evaluate', 'expand_inputs', 'predict_files', 'format_results',
-           'add_predict', 'add_export', 'markdown_table', 'add_bench', 'add_bench_train', 'add_app']
+           'add_predict', 'add_export', 'markdown_table', 'add_bench', 'add_bench_train', 'add_serve',
+           'add_bench_serve', 'add_app']
 
 # %% ../nbs/10_cli.ipynb #cb9802ec
 import argparse, os, sys
@@ -252,6 +253,42 @@ def add_bench_train(sub):
     bt.add_argument('--out', type=Path, default=Path('runs/bench-train'), help='folder for the run (default: runs/bench-train)')
     bt.add_argument('--epochs', type=int, default=None, help="override the recipe's epochs (for a quick look)")
     bt.set_defaults(run=_bench_train)
+
+# %% ../nbs/10_cli.ipynb #47cfba95
+def _serve(args):
+    from gtsr.serve import serve
+    serve(args.host, args.port, args.model, args.backend, args.workers, args.max_upload_mb, args.max_files)
+
+@command
+def add_serve(sub):
+    "The options of `gtsr serve`."
+    s = sub.add_parser('serve', help='serve the HTTP API (FastAPI: POST /v1/classify, GET /v1/model, /health, /docs)')
+    s.add_argument('--host', default='127.0.0.1', help='interface to listen on (default 127.0.0.1)')
+    s.add_argument('--port', type=int, default=8000, help='TCP port (default 8000)')
+    s.add_argument('--model', type=Path, default=None, help='model file (default: the shipped model)')
+    s.add_argument('--backend', default='onnx-int8', choices=BACKENDS, help='inference backend (default: onnx-int8, the fastest)')
+    s.add_argument('--workers', type=int, default=1, help='worker processes, each with its own copy of the model (default 1)')
+    s.add_argument('--max-upload-mb', type=float, default=10., help='largest request body accepted, in MB (default 10)')
+    s.add_argument('--max-files', type=int, default=64, help='most files in one request (default 64)')
+    s.set_defaults(run=_serve)
+
+def _bench_serve(args):
+    from gtsr.serve import benchmark_serve
+    table = benchmark_serve(args.model, args.backend, args.workers, tuple(args.clients), args.requests)
+    print(f"single-image POST /v1/classify, {args.backend}, {args.workers} worker(s), {os.cpu_count()} cores, loopback")
+    print(markdown_table(table.set_index('clients')) if args.markdown else table.to_string(index=False))
+
+@command
+def add_bench_serve(sub):
+    "The options of `gtsr bench-serve`."
+    b = sub.add_parser('bench-serve', help='requests/s and p50/p95 latency of the HTTP API at 1, 8 and 32 concurrent clients')
+    b.add_argument('--model', type=Path, default=None, help='model file (default: the shipped model)')
+    b.add_argument('--backend', default='onnx-int8', choices=BACKENDS, help='inference backend (default: onnx-int8)')
+    b.add_argument('--workers', type=int, default=1, help='server worker processes (default 1)')
+    b.add_argument('--clients', type=int, nargs='+', default=[1, 8, 32], help='concurrency levels (default 1 8 32)')
+    b.add_argument('--requests', type=int, default=2000, help='requests per level (default 2000)')
+    b.add_argument('--markdown', action='store_true', help='print a Markdown table')
+    b.set_defaults(run=_bench_serve)
 
 # %% ../nbs/10_cli.ipynb #38e6d237
 def _app(args):

@@ -109,7 +109,8 @@ def prediction_records(clf:Classifier, # the classifier
     records, good = [], []
     for name, src in zip(names, sources):
         try: good.append((len(records), clf.to_array(src))); records.append({'path': name})
-        except ImageError as e: records.append({'path': name, 'error': str(e)})
+        except ImageError as e: # a path names itself in the message; other inputs are named by `names`
+            records.append({'path': name, 'error': str(e) if isinstance(src, (str, Path)) else str(e).split(': ', 1)[-1]})
     for start in range(0, len(good), bs):
         chunk = good[start:start + bs]
         for (i, _), p in zip(chunk, clf.predict_arrays(np.stack([a for _, a in chunk]))):

@@ -1,0 +1,215 @@
+"""The HTTP API (`gtsr serve`) on the shipped INT8 model: each endpoint, each refusal, a schema fuzz run against the live
+OpenAPI schema, a bounded load test on loopback with steady memory, and uploads that never touch the disk."""
+import asyncio, io, json, tempfile
+from pathlib import Path
+import numpy as np
+import psutil
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+from conftest import ROOT
+from gtsr.cli import predict_files
+from gtsr.data import CLASS_NAMES, file_digest
+from gtsr.serve import create_app, drive, free_port, start_server
+from gtsr.synthetic import draw_sign
+
+MODELS = ROOT/'gtsr'/'models'
+
+def png(img:Image.Image, fmt:str='PNG') -> bytes:
+    buf = io.BytesIO(); img.save(buf, fmt); return buf.getvalue()
+
+STOP, PRIORITY = png(draw_sign(14, 32)), png(draw_sign(12, 48))
+
+@pytest.fixture(scope='module')
+def api():
+    with TestClient(create_app(MODELS/'model.pkl', 'onnx-int8')) as client: yield client
+
+@pytest.fixture(scope='module')
+def small_api():
+    "An app with tight limits: 0.05 MB per request, 2 files."
+    with TestClient(create_app(MODELS/'model.pkl', 'onnx-int8', max_upload_mb=0.05, max_files=2)) as client: yield client
+
+def assert_refused(r, status:int, *words):
+    "`r` has `status` and an ErrorResponse JSON body whose detail (or errors) mention every word."
+    assert r.status_code == status, (r.status_code, r.text)
+    assert r.headers['content-type'].startswith('application/json')
+    body = r.json()
+    assert set(body) == {'detail', 'errors'} and isinstance(body['detail'], str) and body['detail'], body
+    text = json.dumps(body)
+    for w in words: assert w in text, (w, body)
+    return body
+
+# --- the endpoints, through FastAPI's test client
+
+def test_classify_matches_gtsr_predict_json(api, tmp_path):
+    "Same predictions as `gtsr predict --json` on the same files, plus a verdict consistent with the model's threshold."
+    (tmp_path/'stop.png').write_bytes(STOP); (tmp_path/'priority.png').write_bytes(PRIORITY)
+    r = api.post('/v1/classify', files=[('files', ('stop.png', STOP, 'image/png')), ('files', ('priority.png', PRIORITY, 'image/png'))])
+    assert r.status_code == 200, r.text
+    got = r.json()
+    cli = predict_files([str(tmp_path/'stop.png'), str(tmp_path/'priority.png')], MODELS/'model.pkl', 'onnx-int8')
+    assert [g['path'] for g in got] == ['stop.png', 'priority.png']
+    threshold = api.get('/v1/model').json()['calibration']['confidence_threshold']
+    for g, c in zip(got, cli):
+        assert [p['class_id'] for p in g['predictions']] == [p['class_id'] for p in c['predictions']]
+        assert np.allclose([p['probability'] for p in g['predictions']], [p['probability'] for p in c['predictions']], atol=1e-5)
+        assert all(p['name'] == CLASS_NAMES[p['class_id']] for p in g['predictions'])
+        probs = [p['probability'] for p in g['predictions']]
+        assert len(probs) == 5 and probs == sorted(probs, reverse=True)
+        assert g['verdict'] == ('sign' if probs[0] >= threshold else 'not_sure')
+
+def test_classify_topk_and_any_image_format(api):
+    jpeg, bmp = png(draw_sign(14, 64), 'JPEG'), png(draw_sign(14, 100).convert('L'), 'BMP')
+    r = api.post('/v1/classify?topk=2', files=[('files', ('a.jpg', jpeg)), ('files', ('b.bmp', bmp))])
+    assert r.status_code == 200, r.text
+    assert [len(x['predictions']) for x in r.json()] == [2, 2]
+    assert len(api.post('/v1/classify?topk=43', files=[('files', ('a.jpg', jpeg))]).json()[0]['predictions']) == 43
+
+def test_model_and_health(api):
+    m = api.get('/v1/model').json()
+    assert m['name'] == 'model-int8.onnx' and m['backend'] == 'onnx-int8' and m['arch'] == 'signnet'
+    assert m['sha256'] == file_digest(MODELS/'model-int8.onnx')
+    assert m['image_size'] == 32 and [c['name'] for c in m['classes']] == CLASS_NAMES
+    assert m['calibration'] == {'confidence_threshold': 0.5, 'int8_calibration_images': 1000}
+    assert api.get('/health').json() == {'status': 'ok', 'model': 'model-int8.onnx', 'backend': 'onnx-int8'}
+
+def test_docs_and_typed_openapi_schema(api):
+    assert api.get('/docs').status_code == 200 and 'swagger' in api.get('/docs').text.lower()
+    schema = api.get('/openapi.json').json()
+    op = schema['paths']['/v1/classify']['post']
+    assert op['requestBody']['content']['multipart/form-data']['schema']['required'] == ['files']
+    assert {'200', '400', '413', '415', '422'} <= set(op['responses'])
+    assert {'ClassifyResult', 'ErrorResponse', 'ModelInfo', 'Health'} <= set(schema['components']['schemas'])
+    assert set(schema['paths']) == {'/v1/classify', '/v1/model', '/health'}
+
+# --- every refusal: its status and a JSON body naming the problem
+
+def test_non_image_and_corrupt_files_are_422_naming_the_file(api):
+    truncated = STOP[:60]
+    r = api.post('/v1/classify', files=[('files', ('stop.png', STOP)), ('files', ('notes.txt', b'not a picture')),
+                                        ('files', ('broken.png', truncated)), ('files', ('empty.png', b''))])
+    body = assert_refused(r, 422, 'notes.txt', 'broken.png', 'empty.png', 'not readable images')
+    assert [e['path'] for e in body['errors']] == ['notes.txt', 'broken.png', 'empty.png']
+    assert 'stop.png' not in body['detail']
+    assert 'truncated' in body['errors'][1]['error'] and '0 bytes' in body['errors'][2]['error']
+
+def test_not_multipart_is_415(api):
+    assert_refused(api.post('/v1/classify', json={'files': ['x']}), 415, 'application/json', 'multipart/form-data')
+    assert_refused(api.post('/v1/classify', content=STOP, headers={'content-type': 'image/png'}), 415, 'image/png')
+    assert_refused(api.post('/v1/classify', content=b''), 415, '(none)')
+
+def test_no_file_is_422(api):
+    assert_refused(api.post('/v1/classify', data={'note': 'hi'}, files=[('other', ('a.png', STOP))]), 422, 'no file', "'files'")
+    assert_refused(api.post('/v1/classify', files=[('files', (None, 'stop.png'))]), 422, 'text, not a file')
+    boundary = 'xyz'
+    empty = f'--{boundary}--\r\n'.encode()
+    assert_refused(api.post('/v1/classify', content=empty, headers={'content-type': f'multipart/form-data; boundary={boundary}'}), 422, 'no file')
+
+def test_malformed_multipart_is_400(api):
+    assert_refused(api.post('/v1/classify', content=b'hello', headers={'content-type': 'multipart/form-data'}), 400, 'boundary')
+
+def test_bad_topk_is_422(api):
+    for q in ('topk=0', 'topk=44', 'topk=two'):
+        assert_refused(api.post(f'/v1/classify?{q}', files=[('files', ('a.png', STOP))]), 422, 'topk')
+
+def test_too_large_is_413_by_length_and_while_streaming(small_api):
+    big = b'\x89PNG' + bytes(60_000)
+    assert_refused(small_api.post('/v1/classify', files=[('files', ('big.png', big))]), 413, 'too large', '52,428 bytes')
+    def chunks(): # no Content-Length: the cap must hold while the body streams in
+        yield b'--b\r\nContent-Disposition: form-data; name="files"; filename="big.png"\r\n\r\n'
+        for _ in range(100): yield bytes(10_000)
+    r = small_api.post('/v1/classify', content=chunks(), headers={'content-type': 'multipart/form-data; boundary=b'})
+    assert_refused(r, 413, 'too large')
+
+def test_too_many_files_is_413(small_api):
+    assert small_api.post('/v1/classify', files=[('files', (f'{i}.png', STOP)) for i in range(2)]).status_code == 200
+    assert_refused(small_api.post('/v1/classify', files=[('files', (f'{i}.png', STOP)) for i in range(3)]), 413, 'too many files', 'at most 2')
+
+def test_unknown_paths_and_methods_are_json(api):
+    assert_refused(api.get('/v1/nothing'), 404, 'Not Found')
+    assert_refused(api.get('/v1/classify'), 405, 'Method Not Allowed')
+
+def test_big_upload_never_rolls_over_to_disk(api, monkeypatch):
+    "A 4.5 MB upload (Starlette would spool anything over 1 MB to a temporary file) stays in memory."
+    def refuse(self): raise AssertionError('an upload was spooled to disk')
+    monkeypatch.setattr(tempfile.SpooledTemporaryFile, 'rollover', refuse)
+    big = png(Image.fromarray(np.random.default_rng(0).integers(0, 256, (1200, 1250, 3), dtype=np.uint8)), 'BMP')
+    assert len(big) > 4_000_000
+    r = api.post('/v1/classify', files=[('files', ('big.bmp', big))])
+    assert r.status_code == 200, r.text
+
+# --- a real uvicorn server on 127.0.0.1
+
+@pytest.fixture(scope='module')
+def live(tmp_path_factory):
+    "`gtsr serve` (INT8, one worker) on a free loopback port, with TMPDIR pointed at a fresh folder; yields (url, process, tmpdir)."
+    tmpdir = tmp_path_factory.mktemp('server-tmp')
+    port = free_port()
+    proc = start_server(port, env={'TMPDIR': str(tmpdir)}, model=str(MODELS/'model.pkl'), backend='onnx-int8', max_upload_mb=8)
+    yield f'http://127.0.0.1:{port}', proc, tmpdir
+    proc.terminate()
+    try: proc.wait(20)
+    except Exception: proc.kill()
+
+def test_live_upload_writes_nothing_to_disk(live):
+    "A 4.5 MB image and a 7 MB non-image: answered, nothing new in the server's TMPDIR and it writes no bytes to storage."
+    import httpx
+    url, proc, tmpdir = live
+    server = psutil.Process(proc.pid)
+    big = png(Image.fromarray(np.random.default_rng(1).integers(0, 256, (1200, 1250, 3), dtype=np.uint8)), 'BMP')
+    written, before = server.io_counters().write_bytes, sorted(tmpdir.iterdir()) # (a library leaves a .ses file at start-up)
+    r = httpx.post(f'{url}/v1/classify', files=[('files', ('big.bmp', big))], timeout=60)
+    assert r.status_code == 200, r.text
+    r = httpx.post(f'{url}/v1/classify', files=[('files', ('junk.bin', bytes(7_000_000)))], timeout=60)
+    assert r.status_code == 422 and 'junk.bin' in r.text
+    assert sorted(tmpdir.iterdir()) == before
+    assert server.io_counters().write_bytes - written < 100_000, "the server wrote to storage during the uploads"
+    r = httpx.post(f'{url}/v1/classify', files=[('files', ('huge.bin', bytes(9_000_000)))], timeout=60)
+    assert r.status_code == 413 and 'too large' in r.json()['detail']
+
+def test_load_2000_requests_from_32_clients(live):
+    "2,000 single-image requests from 32 concurrent httpx clients: no errors, server memory steady."
+    url, proc, _ = live
+    server = psutil.Process(proc.pid)
+    files = [('files', ('stop.png', STOP, 'image/png'))]
+    _, errors = asyncio.run(drive(f'{url}/v1/classify', files, 32, 300)) # warm up: allocator pools, threads, batches
+    assert errors == 0
+    before = server.memory_info().rss
+    latencies, errors = asyncio.run(drive(f'{url}/v1/classify', files, 32, 2000))
+    growth = (server.memory_info().rss - before) / 2**20
+    print(f"load: 2000 requests, p50 {1000 * np.median(latencies):.1f} ms, p95 {1000 * np.percentile(latencies, 95):.1f} ms, "
+          f"server RSS {before / 2**20:.0f} MB, growth {growth:+.1f} MB")
+    assert errors == 0 and len(latencies) == 2000
+    assert growth < 25, f"server RSS grew by {growth:.1f} MB over 2,000 requests"
+    assert proc.poll() is None
+
+# --- schema fuzzing against the live OpenAPI schema
+
+@pytest.mark.parametrize('mode', ['positive', 'negative'])
+def test_schema_fuzz(live, mode):
+    """Requests generated from the live OpenAPI schema (40 per operation, schema-valid or schema-invalid): never a 5xx,
+    always a documented status, content type, headers and body; invalid requests refused."""
+    schemathesis = pytest.importorskip('schemathesis')
+    from hypothesis import HealthCheck, given, settings
+    from schemathesis import GenerationMode
+    from schemathesis.checks import not_a_server_error
+    from schemathesis.specs.openapi.checks import (content_type_conformance, negative_data_rejection, response_headers_conformance,
+                                                   response_schema_conformance, status_code_conformance)
+    checks = [not_a_server_error, status_code_conformance, content_type_conformance, response_headers_conformance,
+              response_schema_conformance, negative_data_rejection]
+    from schemathesis.config import SchemathesisConfig
+    # our refusals: 400 malformed, 404/405, 413 too large or too many files, 415 not multipart, 422 invalid
+    config = SchemathesisConfig.from_dict({'checks': {'negative_data_rejection': {'expected-statuses': [400, 404, 405, 413, 415, 422]}}})
+    schema = schemathesis.openapi.from_url(f'{live[0]}/openapi.json', config=config)
+    operations = [r.ok() for r in schema.get_all_operations()]
+    assert {o.path for o in operations} == {'/v1/classify', '/v1/model', '/health'}
+    calls = []
+    for op in operations:
+        if mode == 'negative' and op.path != '/v1/classify': continue # GET /health, /v1/model take no input to make invalid
+        @given(case=op.as_strategy(GenerationMode(mode)))
+        @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True, database=None)
+        def check(case):
+            calls.append(case.call_and_validate(checks=checks, timeout=30).status_code)
+        check()
+    print(f"{mode}: {len(calls)} requests, statuses {sorted(set(calls))}")
+    assert calls and max(calls) < 500
