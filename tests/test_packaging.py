@@ -45,7 +45,8 @@ def test_wheel_installs_and_runs_predict_and_app(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads(r.stdout)[0]['predictions'][0]['name']
     with socket.socket() as s: s.bind(('127.0.0.1', 0)); port = s.getsockname()[1]
-    app = subprocess.Popen([venv/'bin'/'gtsr', 'app', '--port', str(port)], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    app = subprocess.Popen([venv/'bin'/'gtsr', 'app', '--port', str(port)], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           text=True, start_new_session=True)
     try:
         deadline, page = time.time() + 180, None
         while time.time() < deadline and page is None:
@@ -55,4 +56,5 @@ def test_wheel_installs_and_runs_predict_and_app(tmp_path):
         assert page and 'German traffic-sign classifier' in page
         assert 'No model at' not in page and 'Traceback' not in page
     finally:
-        app.terminate(); app.wait(30)
+        import signal
+        os.killpg(app.pid, signal.SIGINT); app.wait(30) # Ctrl-C, as a user stops it: Voila and its kernel go too
