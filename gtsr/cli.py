@@ -107,10 +107,12 @@ def _evaluate(args):
     print(f"top-1 accuracy {m['accuracy']:.2%} on {m['images']:,} test images ({m['errors']} errors); "
           f"macro F1 {m['macro_f1']:.4f}; ECE {m['ece']:.4f}\nmetrics and figures in {args.out}")
 
-def add_model_options(parser, what:str='model file'):
+def add_model_options(parser, # a sub-command's parser
+                      backend:str='fastai', # its default backend
+                     ):
     "The --model and --backend options that every command which runs a model shares."
-    parser.add_argument('--model', type=Path, default=None, help=f'{what} (default: the shipped model)')
-    parser.add_argument('--backend', default='fastai', choices=BACKENDS, help='inference backend (default: fastai)')
+    parser.add_argument('--model', type=Path, default=None, help='model file (default: the shipped model)')
+    parser.add_argument('--backend', default=backend, choices=BACKENDS, help=f'inference backend (default: {backend})')
 
 @command
 def add_evaluate(sub):
@@ -265,8 +267,7 @@ def add_serve(sub):
     s = sub.add_parser('serve', help='serve the HTTP API (FastAPI: POST /v1/classify, GET /v1/model, /health, /docs)')
     s.add_argument('--host', default='127.0.0.1', help='interface to listen on (default 127.0.0.1)')
     s.add_argument('--port', type=int, default=8000, help='TCP port (default 8000)')
-    s.add_argument('--model', type=Path, default=None, help='model file (default: the shipped model)')
-    s.add_argument('--backend', default='onnx-int8', choices=BACKENDS, help='inference backend (default: onnx-int8, the fastest)')
+    add_model_options(s, backend='onnx-int8')
     s.add_argument('--workers', type=int, default=1, help='worker processes, each with its own copy of the model (default 1)')
     s.add_argument('--max-upload-mb', type=float, default=10., help='largest request body accepted, in MB (default 10)')
     s.add_argument('--max-files', type=int, default=64, help='most files in one request (default 64)')
@@ -282,8 +283,7 @@ def _bench_serve(args):
 def add_bench_serve(sub):
     "The options of `gtsr bench-serve`."
     b = sub.add_parser('bench-serve', help='requests/s and p50/p95 latency of the HTTP API at 1, 8 and 32 concurrent clients')
-    b.add_argument('--model', type=Path, default=None, help='model file (default: the shipped model)')
-    b.add_argument('--backend', default='onnx-int8', choices=BACKENDS, help='inference backend (default: onnx-int8)')
+    add_model_options(b, backend='onnx-int8')
     b.add_argument('--workers', type=int, default=1, help='server worker processes (default 1)')
     b.add_argument('--clients', type=int, nargs='+', default=[1, 8, 32], help='concurrency levels (default 1 8 32)')
     b.add_argument('--requests', type=int, default=2000, help='requests per level (default 2000)')

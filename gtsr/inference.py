@@ -41,7 +41,7 @@ class Classifier:
             ) -> 'Classifier':
         "Verify and load the model at `path` for `backend`."
         path = Path(path or default_model_path())
-        onnx_file = backend_file(path, backend)
+        file = backend_file(path, backend)
         if backend == 'fastai':
             learn = load_learner_verified(path)
             meta = learn.gtsr
@@ -50,15 +50,15 @@ class Classifier:
                 with torch.inference_mode(): return net(torch.from_numpy(np.require(arrays, np.uint8, ['C', 'W']))).numpy()
             threshold = verify_model(path).get('confidence_threshold', DEFAULT_THRESHOLD)
             return cls(predict_arrays, meta['size'], backend, path, learn, threshold)
-        if not onnx_file.is_file():
-            raise ModelError(f"No {backend} model at {onnx_file}. Create it with `gtsr export --model {path}`.")
-        entry = verify_model(onnx_file)
+        if not file.is_file():
+            raise ModelError(f"No {backend} model at {file}. Create it with `gtsr export --model {path}`.")
+        entry = verify_model(file)
         import onnxruntime as ort
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or os.cpu_count() or 1
-        session = ort.InferenceSession(str(onnx_file), options, providers=['CPUExecutionProvider'])
+        session = ort.InferenceSession(str(file), options, providers=['CPUExecutionProvider'])
         def predict_arrays(arrays): return session.run(None, {'image': np.ascontiguousarray(arrays, dtype=np.uint8)})[0]
-        return cls(predict_arrays, entry['size'], backend, onnx_file, threshold=entry.get('confidence_threshold', DEFAULT_THRESHOLD))
+        return cls(predict_arrays, entry['size'], backend, file, threshold=entry.get('confidence_threshold', DEFAULT_THRESHOLD))
 
     def to_array(self, image) -> np.ndarray:
         "`image` (path, bytes, PIL or numpy) as the size x size x 3 uint8 array the model sees."
