@@ -18,32 +18,40 @@ class TrainError(GtsrError, RuntimeError):
 TORCHVISION_ARCHS = ['resnet18', 'resnet34', 'resnet50', 'mobilenet_v3_large', 'efficientnet_b0']
 ARCHS = TORCHVISION_ARCHS + ['signnet']
 
+def _default(value, default):
+    "`value`, or `default` where it is None."
+    return default if value is None else value
+
 @dataclass(frozen=True)
 class TrainConfig:
     "How to train a classifier; the defaults are the shipped recipe (gtsr/models/README.md)."
     arch:str = 'signnet' # network: signnet, resnet18, resnet34, resnet50, mobilenet_v3_large or efficientnet_b0
     pretrained:bool|None = None # start from ImageNet weights; default: yes for the torchvision networks, no for signnet (which has none)
-    epochs:int = 20 # epochs (after the frozen epoch, when fine-tuning)
+    epochs:int|None = None # epochs (after the frozen epoch, when fine-tuning); default 20 from scratch, 5 fine-tuning
     lr:float|None = None # peak learning rate; default 4e-3 from scratch, 2e-3 fine-tuning
     bs:int = 128 # batch size
-    size:int = 32 # image side in pixels
+    size:int|None = None # image side in pixels; default 32 for signnet, 64 for the torchvision networks
     width:int = 32 # signnet: channels of the first stage
     valid_pct:float = 0.2 # share of each class's tracks held out for validation
     all_train:bool = True # train on all training images (validation figures are then only a sanity check)
     seed:int = 1 # random seed for the split, the weights and the augmentation
-    members:int = 3 # networks to train alike (seeds SEED, SEED+1, ...) and ship as their average, a committee
-    bf16:bool = True # bfloat16 mixed precision on the CPU (about 2x faster where supported)
+    members:int|None = None # networks to train alike (seeds SEED, SEED+1, ...) and ship as their average, a committee; default 3 for signnet, 1 for the torchvision networks
+    device:str|None = None # where to train: cuda, cuda:N, mps or cpu; default CUDA if present, then Apple's MPS, else the CPU
+    mixed_precision:bool = True # bfloat16 autocast on the CPU; on CUDA fastai's MixedPrecision, bf16 where the GPU supports it, else fp16
     half:bool = True # store the exported weights in float16 (half the size, same predictions to ~1e-3)
 
     def resolved(self) -> 'TrainConfig':
-        "This config with `pretrained` and `lr` decided, after checking the options; raises `TrainError`."
+        "This config with the per-network defaults (`pretrained`, `epochs`, `lr`, `size`, `members`) decided, after checking the options; raises `TrainError`."
         if self.arch not in ARCHS: raise TrainError(f"Unknown arch {self.arch!r}; choose one of {', '.join(ARCHS)}.")
-        if self.members < 1: raise TrainError(f"members must be 1 or more, not {self.members}.")
-        if self.epochs < 1: raise TrainError(f"epochs must be 1 or more, not {self.epochs}.")
+        signnet = self.arch == 'signnet'
+        pretrained = _default(self.pretrained, not signnet)
+        if pretrained and signnet: raise TrainError("signnet has no ImageNet weights; train it with --no-pretrained.")
+        config = replace(self, pretrained=pretrained, epochs=_default(self.epochs, 5 if pretrained else 20), lr=_default(self.lr, 2e-3 if pretrained else 4e-3),
+                         size=_default(self.size, 32 if signnet else 64), members=_default(self.members, 3 if signnet else 1))
+        for name in ('members', 'epochs', 'size', 'bs'):
+            if getattr(config, name) < 1: raise TrainError(f"{name} must be 1 or more, not {getattr(config, name)}.")
         if not 0 < self.valid_pct < 1: raise TrainError(f"valid_pct must be between 0 and 1, not {self.valid_pct}.")
-        pretrained = self.arch != 'signnet' if self.pretrained is None else self.pretrained
-        if pretrained and self.arch == 'signnet': raise TrainError("signnet has no ImageNet weights; train it with --no-pretrained.")
-        return replace(self, pretrained=pretrained, lr=self.lr or (2e-3 if pretrained else 4e-3))
+        return config
 
 # %% ../nbs/04_config.ipynb #53eb170c
 SHIPPED_RECIPE = TrainConfig()

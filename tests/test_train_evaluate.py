@@ -111,3 +111,24 @@ def test_committee_trains_exports_and_agrees_across_backends(synthetic_data, tmp
     assert np.abs(Classifier.load(out/'model.pkl', 'onnx').probabilities(images) - clf.probabilities(images)).max() < 1e-4
     r = run_gtsr('train', '--data', synthetic_data, '--out', tmp_path/'none', '--members', '0', *TINY)
     assert r.returncode != 0 and 'members must be 1 or more' in r.stderr
+
+def test_two_processes_train_one_model_through_accelerate(synthetic_data, tmp_path):
+    "`accelerate launch` with two CPU processes (gloo): fastai's distrib_ctx shares each epoch, process 0 exports one model."
+    out = tmp_path/'ddp'
+    accelerate = Path(sys.executable).parent/'accelerate'
+    r = subprocess.run([str(accelerate), 'launch', '--multi_gpu', '--num_processes', '2', '--num_machines', '1', '--mixed_precision', 'no',
+                        '--dynamo_backend', 'no', '-m', 'gtsr.cli', 'train', '--data', str(synthetic_data), '--out', str(out),
+                        '--epochs', '2', '--members', '1', '--device', 'cpu', *TINY],
+                       capture_output=True, text=True, timeout=600, env={**os.environ, 'GTSR_CACHE': str(tmp_path/'cache')})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert 'Training signnet on cpu in bf16, 2 processes' in r.stdout
+    assert r.stdout.count('model:') == 2, "both processes finish, after process 0 exported the model"
+    from gtsr.modelfile import load_learner_verified
+    learn = load_learner_verified(out/'model.pkl')
+    assert learn.gtsr['config']['device'] == 'cpu'
+    assert json.loads((out/'progress.json').read_text())['epoch'] == 2
+
+def test_unavailable_device_is_a_clear_error(synthetic_data, tmp_path):
+    r = run_gtsr('train', '--data', synthetic_data, '--out', tmp_path/'run', '--device', 'cuda', *TINY)
+    assert r.returncode == 1 and 'no CUDA GPU' in r.stderr and '--device cpu' in r.stderr
+    assert not (tmp_path/'run').exists()
