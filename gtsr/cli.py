@@ -50,17 +50,20 @@ def main(argv=None, # arguments, default `sys.argv[1:]`
 
 # %% ../nbs/10_cli.ipynb #d9ca424c
 def _download(args):
-    from gtsr.download import download_gtsrb
-    download_gtsrb(args.dest, source=args.source, mirror=args.mirror, quiet=args.quiet)
+    from gtsr.download import download_gtsdb, download_gtsrb
+    if args.dataset == 'gtsrb': download_gtsrb(args.dest, source=args.source, mirror=args.mirror, quiet=args.quiet)
+    elif args.source != 'official': raise GtsrError("GTSDB comes from the benchmark's server or --mirror; --source kaggle is for GTSRB only.")
+    else: download_gtsdb(args.dest, mirror=args.mirror, quiet=args.quiet)
 
 @command
 def add_download(sub):
     "The options of `gtsr download`."
-    d = sub.add_parser('download', help='download and extract GTSRB (official server, Kaggle or a mirror folder)',
-                       description='Download GTSRB, verify the archives and extract them; a second run does nothing.')
-    d.add_argument('--source', choices=['official', 'kaggle'], default='official', help='official server (md5-checked, no login) or the Kaggle dataset (needs credentials)')
+    d = sub.add_parser('download', help='download and extract GTSRB or the GTSDB road scenes (official server, Kaggle or a mirror folder)',
+                       description='Download GTSRB (or GTSDB), verify the archives and extract them; a second run does nothing.')
+    d.add_argument('--dataset', choices=['gtsrb', 'gtsdb'], default='gtsrb', help='gtsrb: the sign crops (classification); gtsdb: the 600 training road scenes with boxed signs (detection)')
+    d.add_argument('--source', choices=['official', 'kaggle'], default='official', help='official server (no login; GTSRB md5-checked) or the Kaggle dataset (GTSRB only, needs credentials)')
     d.add_argument('--mirror', type=Path, help='folder holding the archives under their usual names (checked against its SHA256SUMS when present)')
-    d.add_argument('--dest', type=Path, default=None, help=f'where the extracted dataset goes (default: $GTSR_DATA or {default_data_dir()})')
+    d.add_argument('--dest', type=Path, default=None, help=f"where the extracted dataset goes (default: $GTSR_DATA or {default_data_dir()}; for gtsdb $GTSR_GTSDB or {default_data_dir('gtsdb')})")
     d.add_argument('--quiet', action='store_true', help='no progress bars')
     d.set_defaults(run=_download)
 

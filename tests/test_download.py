@@ -1,11 +1,11 @@
-"The `gtsr download` command and `load_gtsrb` on each error path, and one integration run on the real mirror."
-import os, shutil, signal, subprocess, sys, time, zipfile
+"The `gtsr download` command and `load_gtsrb` on each error path, and one integration run on the real mirror (GTSRB and GTSDB)."
+import functools, http.server, json, os, shutil, signal, subprocess, sys, threading, time, zipfile
 from pathlib import Path
 import pytest
-from conftest import run_gtsr, start_gtsr_interruptible
-from gtsr.data import DatasetError, load_gtsrb, track_split
-from gtsr.download import COMPLETE_MARKER, OFFICIAL_ARCHIVES
-from gtsr.synthetic import make_synthetic_archives
+from conftest import ROOT, run_gtsr, start_gtsr_interruptible
+from gtsr.data import DatasetError, gtsdb_scenes, gtsdb_split, load_gtsdb, load_gtsrb, track_split
+from gtsr.download import COMPLETE_MARKER, GTSDB_ARCHIVE, OFFICIAL_ARCHIVES, download_gtsdb
+from gtsr.synthetic import make_synthetic_archives, make_synthetic_gtsdb_archive
 from gtsr.data import file_digest
 
 def leftovers(dest:Path) -> list:
@@ -136,3 +136,84 @@ def test_real_mirror_integration(real_data):
     assert not set(trn.track) & set(val.track)
     assert len(trn) + len(val) == 39209 and val.class_id.nunique() == 43
     assert 0.15 < len(val) / len(train) < 0.25
+
+# GTSDB, the road scenes: `gtsr download --dataset gtsdb`
+
+GTSDB_MIRROR = Path(os.environ.get('GTSR_GTSDB_MIRROR', ROOT.parent/'shared'/'gtsdb'))
+
+@pytest.fixture(scope='module')
+def gtsdb_mirror(tmp_path_factory):
+    "A synthetic TrainIJCNN2013.zip (8 scenes, 2 without a sign) with its SHA256SUMS."
+    return make_synthetic_gtsdb_archive(tmp_path_factory.mktemp('gtsdb_mirror'), scenes=8, sign_free=2)
+
+def test_gtsdb_download_from_mirror_then_nothing_to_do(gtsdb_mirror, tmp_path):
+    dest = tmp_path/'gtsdb'
+    r = run_gtsr('download', '--dataset', 'gtsdb', '--mirror', gtsdb_mirror, '--dest', dest)
+    assert r.returncode == 0, r.stderr
+    assert '8 scenes' in r.stdout and '2 scenes without a sign' in r.stdout
+    signs, scenes = load_gtsdb(dest), gtsdb_scenes(dest)
+    assert len(scenes) == 8 and (scenes.signs == 0).sum() == 2 and scenes.signs.sum() == len(signs) > 0
+    assert all(Path(p).suffix == '.ppm' and Path(p).is_file() for p in signs.path)
+    marker = json.loads((dest/COMPLETE_MARKER).read_text())
+    assert marker['signs'] == len(signs) and marker['archives'][GTSDB_ARCHIVE] == file_digest(gtsdb_mirror/GTSDB_ARCHIVE)
+    r = run_gtsr('download', '--dataset', 'gtsdb', '--mirror', gtsdb_mirror, '--dest', dest)
+    assert r.returncode == 0 and 'GTSDB is already in' in r.stdout and 'nothing to do' in r.stdout
+
+def test_gtsdb_corrupted_archive_is_refused_and_leaves_nothing(gtsdb_mirror, tmp_path):
+    mirror, dest = copy_mirror(gtsdb_mirror, tmp_path/'m'), tmp_path/'gtsdb'
+    arch = mirror/GTSDB_ARCHIVE
+    data = bytearray(arch.read_bytes()); data[len(data) // 2] ^= 0xff; arch.write_bytes(bytes(data))
+    r = run_gtsr('download', '--dataset', 'gtsdb', '--mirror', mirror, '--dest', dest)
+    assert r.returncode == 1 and 'Checksum mismatch' in r.stderr and GTSDB_ARCHIVE in r.stderr
+    assert 'Traceback' not in r.stderr and leftovers(dest) == []
+    (mirror/'SHA256SUMS').write_text(f'{file_digest(arch)}  {GTSDB_ARCHIVE}\n')
+    r = run_gtsr('download', '--dataset', 'gtsdb', '--mirror', mirror, '--dest', dest)
+    assert r.returncode == 1 and f'{GTSDB_ARCHIVE} is not a valid zip' in r.stderr and 'Traceback' not in r.stderr, r.stderr
+    assert leftovers(dest) == []
+
+def test_gtsdb_archive_with_a_bad_gt_line_leaves_nothing(tmp_path):
+    "A sound zip whose gt.txt names a scene that is not there is not GTSDB: refused after extraction, nothing kept."
+    mirror = make_synthetic_gtsdb_archive(tmp_path/'m', scenes=3, sign_free=1)
+    arch, bad = mirror/GTSDB_ARCHIVE, tmp_path/'bad.zip'
+    with zipfile.ZipFile(arch) as z, zipfile.ZipFile(bad, 'w') as out:
+        for m in z.infolist(): out.writestr(m, '00009.ppm;1;2;30;40;14\n' if m.filename.endswith('gt.txt') else z.read(m))
+    os.replace(bad, arch); (mirror/'SHA256SUMS').unlink()
+    dest = tmp_path/'gtsdb'
+    r = run_gtsr('download', '--dataset', 'gtsdb', '--mirror', mirror, '--dest', dest)
+    assert r.returncode == 1 and 'did not contain GTSDB' in r.stderr and 'no image of scene 00009' in r.stderr, r.stderr
+    assert 'is not verified' in r.stdout and leftovers(dest) == []
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args): pass
+
+def test_gtsdb_from_the_server_is_said_to_be_unverified(gtsdb_mirror, tmp_path):
+    "The official path over HTTP (a local server standing in for the benchmark's): no published checksum, so it says so and records the sha256."
+    handler = functools.partial(QuietHandler, directory=str(gtsdb_mirror))
+    with http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        dest = tmp_path/'gtsdb'
+        r = run_gtsr('download', '--dataset', 'gtsdb', '--dest', dest, env={'GTSR_GTSDB_URL': f'http://127.0.0.1:{server.server_port}/'})
+        server.shutdown()
+    assert r.returncode == 0, r.stderr
+    assert f'publishes no checksum for {GTSDB_ARCHIVE}: not verified' in r.stdout
+    assert json.loads((dest/COMPLETE_MARKER).read_text())['archives'][GTSDB_ARCHIVE] == file_digest(gtsdb_mirror/GTSDB_ARCHIVE)
+    assert len(gtsdb_scenes(dest)) == 8
+
+def test_gtsdb_no_network_is_a_clear_error(tmp_path):
+    r = run_gtsr('download', '--dataset', 'gtsdb', '--dest', tmp_path/'gtsdb', env={'GTSR_GTSDB_URL': 'http://127.0.0.1:9/'})
+    assert r.returncode == 1 and f'Could not download http://127.0.0.1:9/{GTSDB_ARCHIVE}' in r.stderr and '--mirror' in r.stderr
+    assert 'Traceback' not in r.stderr and leftovers(tmp_path/'gtsdb') == []
+
+def test_gtsdb_real_mirror_integration(tmp_path):
+    "Downloaded from ../shared/gtsdb: the figures the benchmark documents, its JPEG scenes matched to gt.txt's .ppm names."
+    if not (GTSDB_MIRROR/GTSDB_ARCHIVE).is_file():
+        pytest.skip(f"needs the real GTSDB archive: no {GTSDB_ARCHIVE} at {GTSDB_MIRROR} (set GTSR_GTSDB_MIRROR)")
+    dest = download_gtsdb(tmp_path/'gtsdb', mirror=GTSDB_MIRROR, quiet=True)
+    signs, scenes = load_gtsdb(dest), gtsdb_scenes(dest)
+    assert len(signs) == 852 and len(scenes) == 600
+    assert signs.class_id.between(0, 42).all() and signs.path.isin(scenes.path).all()
+    sign_free = (scenes.signs == 0).sum()
+    assert sign_free == 94 and 0.12 < sign_free / len(scenes) < 0.2 # about 1 in 6
+    train, valid = gtsdb_split(scenes)
+    assert not set(train.path) & set(valid.path) and len(train) + len(valid) == 600
+    assert 0.18 < len(valid) / 600 < 0.22 and (valid.signs == 0).sum() == round(94 * 0.2)
