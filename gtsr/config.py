@@ -39,6 +39,10 @@ class TrainConfig:
     device:str|None = None # where to train: cuda, cuda:N, mps or cpu; default CUDA if present, then Apple's MPS, else the CPU
     mixed_precision:bool = True # bfloat16 autocast on the CPU; on CUDA fastai's MixedPrecision, bf16 where the GPU supports it, else fp16
     half:bool = True # store the exported weights in float16 (half the size, same predictions to ~1e-3)
+    label_smoothing:float = 0.1 # share of each label spread evenly over all classes (0: none, for probabilities that mean what they say)
+    corruptions:bool = False # augment with pixel noise, pixelation and motion blur too, for robustness to such corruptions
+    negatives:str|None = None # GTSDB folder: train on its training scenes' sign crops, and their sign-free areas as a 44th class, "not a traffic sign"
+    teacher:str|None = None # model file (e.g. a committee) whose probabilities the network also learns from: knowledge distillation
 
     def resolved(self) -> 'TrainConfig':
         "This config with the per-network defaults (`pretrained`, `epochs`, `lr`, `size`, `members`) decided, after checking the options; raises `TrainError`."
@@ -51,6 +55,7 @@ class TrainConfig:
         for name in ('members', 'epochs', 'size', 'bs'):
             if getattr(config, name) < 1: raise TrainError(f"{name} must be 1 or more, not {getattr(config, name)}.")
         if not 0 < self.valid_pct < 1: raise TrainError(f"valid_pct must be between 0 and 1, not {self.valid_pct}.")
+        if not 0 <= self.label_smoothing < 1: raise TrainError(f"label_smoothing must be at least 0 and below 1, not {self.label_smoothing}.")
         return config
 
 # %% ../nbs/04_config.ipynb #53eb170c

@@ -6,9 +6,10 @@ Docs: https://gtsr.github.io/gtsr/data.html.md"""
 
 # %% auto #0
 __all__ = ['CLASS_NAMES', 'N_CLASSES', 'DATA_DIR_VARIABLES', 'COLUMNS', 'MAX_PIXELS', 'GTSDB_COLUMNS', 'SCENE_SUFFIXES',
-           'default_data_dir', 'file_digest', 'GtsrError', 'DatasetError', 'track_id', 'load_gtsrb', 'track_split',
-           'ImageError', 'read_image', 'to_model_array', 'default_cache_dir', 'image_cache', 'reference_images',
-           'gtsdb_folder', 'load_gtsdb', 'gtsdb_scenes', 'gtsdb_split']
+           'NOT_A_SIGN', 'default_data_dir', 'file_digest', 'GtsrError', 'DatasetError', 'track_id', 'load_gtsrb',
+           'track_split', 'ImageError', 'read_image', 'to_model_array', 'default_cache_dir', 'image_cache',
+           'reference_images', 'gtsdb_folder', 'load_gtsdb', 'gtsdb_scenes', 'gtsdb_split', 'background_boxes',
+           'scene_crops']
 
 # %% ../nbs/00_data.ipynb #6a6d0160
 import os
@@ -336,3 +337,63 @@ def gtsdb_split(scenes:pd.DataFrame, # `gtsdb_scenes` table
     if not is_valid.any():
         raise DatasetError(f"{len(scenes)} scenes are too few to put {valid_pct:.0%} of them aside and train on the rest.")
     return scenes[~is_valid], scenes[is_valid]
+
+# %% ../nbs/00_data.ipynb #f832c66d
+NOT_A_SIGN = 'not a traffic sign' # the name of the class for images that show none of the 43 signs
+
+def _overlaps(box, boxes:np.ndarray) -> bool:
+    "Whether the box (x1, y1, x2, y2) overlaps any of `boxes` (an N x 4 array), edges included."
+    x1, y1, x2, y2 = box
+    return bool(((boxes[:, 0] <= x2) & (boxes[:, 2] >= x1) & (boxes[:, 1] <= y2) & (boxes[:, 3] >= y1)).any())
+
+def _widened(box, margin:float) -> tuple:
+    "The box (x1, y1, x2, y2) grown by `margin` of its width and height on each side."
+    x1, y1, x2, y2 = box
+    dx, dy = margin * (x2 - x1 + 1), margin * (y2 - y1 + 1)
+    return (x1 - dx, y1 - dy, x2 + dx, y2 + dy)
+
+def background_boxes(scenes:pd.DataFrame, # `gtsdb_scenes` rows to draw from
+                     signs:pd.DataFrame, # `load_gtsdb` rows of (at least) those scenes' signs
+                     per_scene:int=20, # boxes per scene
+                     sizes:tuple=(16, 128), # smallest and largest box side in pixels
+                     margin:float=0.1, # the crop margin, by which each sign's box is widened before the overlap test
+                     seed:int=1, # random seed
+                    ) -> pd.DataFrame:
+    "Random square boxes of sign-like sizes in `scenes` that touch no sign: examples of 'not a traffic sign'."
+    rng, rows = np.random.default_rng(seed), []
+    for path in scenes.path:
+        width, height = Image.open(path).size
+        taken = np.array([_widened(b, margin) for b in signs.loc[signs.path == path, ['x1', 'y1', 'x2', 'y2']].to_numpy()]).reshape(-1, 4)
+        found, tries = 0, 0
+        while found < per_scene and tries < 50 * per_scene:
+            tries += 1
+            side = int(np.exp(rng.uniform(np.log(sizes[0]), np.log(sizes[1]))))
+            x1, y1 = int(rng.integers(0, width - side)), int(rng.integers(0, height - side))
+            box = (x1, y1, x1 + side - 1, y1 + side - 1)
+            if not _overlaps(_widened(box, margin), taken):
+                rows.append((path, *box, N_CLASSES, NOT_A_SIGN)); found += 1
+    return pd.DataFrame(rows, columns=GTSDB_COLUMNS)
+
+def _crop_scene(args) -> np.ndarray:
+    path, boxes, size, margin = args
+    img = read_image(path)
+    return np.stack([to_model_array(img.crop(tuple(round(v) for v in _widened(b, margin))), size) for b in boxes])
+
+def scene_crops(rows:pd.DataFrame, # path, x1, y1, x2, y2 of each box (pixels, corners inclusive)
+                size:int=32, # side of the square each crop is resized to
+                margin:float=0.1, # share of the box's size added on each side (GTSRB's crops keep about 10%)
+                cache_dir=None, # where to keep the array; default `default_cache_dir()`
+               ) -> np.ndarray:
+    "The boxes of `rows` cut from their scenes, widened by `margin`, as one N x size x size x 3 uint8 array, cached on disk."
+    boxes = rows[['x1', 'y1', 'x2', 'y2']].to_numpy()
+    key = hashlib.sha1((rows.path.str.cat(sep='\n') + boxes.tobytes().hex() + f'\n{size}\n{margin}').encode()).hexdigest()[:16]
+    cache = Path(cache_dir or default_cache_dir())/f'crops-{size}px-{len(rows)}-{key}.npy'
+    if cache.is_file(): return np.load(cache, mmap_mode='r')
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    order = np.argsort(rows.path.to_numpy(), kind='stable')
+    jobs = [(p, boxes[order][rows.path.to_numpy()[order] == p], size, margin) for p in pd.unique(rows.path.to_numpy()[order])]
+    out = np.zeros((len(rows), size, size, 3), np.uint8)
+    if jobs: out[order] = np.concatenate([_crop_scene(j) for j in jobs])
+    tmp = cache.with_suffix('.partial.npy')
+    np.save(tmp, out); os.replace(tmp, cache)
+    return out
