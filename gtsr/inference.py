@@ -13,10 +13,7 @@ import os, time
 from pathlib import Path
 from typing import Literal, NamedTuple
 import numpy as np
-import torch
-import torch.nn as nn
 from .data import CLASS_NAMES, ImageError, read_image, to_model_array
-from .model import Committee, ModelInput
 from .modelfile import (BACKENDS, DEFAULT_THRESHOLD, ModelError, backend_file, default_model_path, load_learner_verified,
                             record_in_manifest, verify_model)
 
@@ -43,6 +40,8 @@ class Classifier:
         path = Path(path or default_model_path())
         file = backend_file(path, backend)
         if backend == 'fastai':
+            import torch
+            from gtsr.model import ModelInput
             learn = load_learner_verified(path)
             meta = learn.gtsr
             net = ModelInput(learn.model, meta['mean'], meta['std']).eval()
@@ -117,53 +116,20 @@ def prediction_records(clf:Classifier, # the classifier
             records[i].update(predictions=[pr._asdict() for pr in top_predictions(p, topk)], verdict=verdict_of(p, clf.threshold))
     return records
 
-# %% ../nbs/08_inference.ipynb #df6775ac
-def _last_feature_layer(model:nn.Module, x:torch.Tensor) -> nn.Module:
-    "The last top-level layer of `model` whose output is still a feature map larger than 1x1."
-    children = list(model.children())
-    if len(children) == 2 and isinstance(children[0], nn.Sequential): return children[0] # fastai body + head
-    shapes = []
-    hooks = [c.register_forward_hook(lambda m, i, o: shapes.append((m, o.dim() == 4 and o.shape[-1] > 1))) for c in children]
-    try:
-        with torch.no_grad(): model(x)
-    finally:
-        for h in hooks: h.remove()
-    return [m for m, is_map in shapes if is_map][-1]
-
-def _networks(model:nn.Module) -> list[nn.Module]:
-    "The single networks in `model`: itself, or the members of a committee (and of committees within it)."
-    return [n for m in model.members for n in _networks(m)] if isinstance(model, Committee) else [model]
-
-def _gradcam_map(net:nn.Module, # one network (not a committee)
-                 x:torch.Tensor, # 1 x 3 x size x size normalised image
-                 class_id:int, # class to explain
-                ) -> torch.Tensor:
-    "The Grad-CAM map of `class_id` in `net`, unnormalised, resized to the image."
-    layer = _last_feature_layer(net, x)
-    store = {}
-    h1 = layer.register_forward_hook(lambda m, i, o: store.update(act=o))
-    h2 = layer.register_full_backward_hook(lambda m, gi, go: store.update(grad=go[0]))
-    try:
-        logits = net(x.detach().requires_grad_(True))
-        net.zero_grad(); logits[0, class_id].backward()
-    finally: h1.remove(); h2.remove()
-    weights = store['grad'].mean((2, 3), keepdim=True)
-    cam = torch.relu((weights * store['act']).sum(1))[0].detach()
-    return torch.nn.functional.interpolate(cam[None, None], size=x.shape[-2:], mode='bilinear', align_corners=False)[0, 0]
-
+# %% ../nbs/08_inference.ipynb #0b39370b
 def gradcam(clf:Classifier, # a fastai-backend classifier
             image, # any input `read_image` takes
             class_id:int|None=None, # class to explain; default the top prediction
            ) -> np.ndarray:
     "A size x size Grad-CAM heat map in 0-1 of `class_id` for `image` (a committee's is its members' average)."
     if clf.learner is None: raise ModelError("Grad-CAM needs the fastai backend.")
+    import torch
+    from gtsr.model import ModelInput, gradcam_map
     meta, model = clf.learner.gtsr, clf.learner.model.eval()
     array = clf.to_array(image)[None]
     if class_id is None: class_id = int(clf.predict_arrays(array).argmax())
     x = ModelInput(model, meta['mean'], meta['std']).normalise(torch.from_numpy(array))
-    nets = _networks(model)
-    cam = torch.stack([_gradcam_map(net, x, class_id) for net in nets]).mean(0)
-    return (cam / cam.max()).numpy() if cam.max() > 0 else cam.numpy()
+    return gradcam_map(model, x, class_id).numpy()
 
 def gradcam_overlay(clf:Classifier, # a fastai-backend classifier
                     image, # any input `read_image` takes
@@ -191,9 +157,10 @@ def export_onnx(model_path=None, # verified learner to export; default the shipp
                 calibration:np.ndarray|None=None, # N x size x size x 3 uint8 training images; enables the INT8 model
                ) -> list[Path]:
     "Write `model.onnx` (and `model-int8.onnx` if `calibration` is given) beside the learner; return their paths."
-    import onnx
+    import onnx, torch
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
+    from gtsr.model import ModelInput
     clf = Classifier.load(model_path)
     meta, threshold = clf.learner.gtsr, {'confidence_threshold': clf.threshold}
     net = ModelInput(clf.learner.model, meta['mean'], meta['std']).eval()
@@ -230,7 +197,9 @@ def benchmark(model_path=None, # learner whose backends to time; default the shi
              ) -> 'pd.DataFrame':
     "Latency (batch 1, median and p95 in ms) and throughput (images/s) of each backend on this machine."
     import pandas as pd
-    if threads: torch.set_num_threads(threads)
+    if threads and 'fastai' in backends:
+        import torch
+        torch.set_num_threads(threads)
     rows = []
     for b in backends:
         clf = Classifier.load(model_path, b, threads=threads)

@@ -89,6 +89,21 @@ def test_app_classifies_an_upload_in_chromium(browser, app_url, optional_real_da
     page.screenshot(path=str(ARTIFACTS/'app-phone.png'), full_page=True)
     page.close()
 
+def test_gradcam_switched_on_loads_the_learner_and_shows_the_overlay(browser, app_url, optional_real_data, tmp_path):
+    "The page predicts on ONNX; switching Grad-CAM on loads the fastai learner in the kernel and adds the overlay."
+    sign, _ = known_sign(optional_real_data, tmp_path)
+    page = browser.new_page(viewport={'width': 1200, 'height': 900})
+    page.goto(app_url, timeout=120_000)
+    page.wait_for_selector('button.widget-upload', timeout=120_000)
+    upload(page, [sign])
+    page.wait_for_selector('.gtsr-prediction', timeout=60_000)
+    prediction = page.inner_text('.gtsr-prediction')
+    assert page.locator('small:has-text("where the model looked")').count() == 0
+    page.click('text=Show where the model looked')
+    page.wait_for_selector('small:has-text("where the model looked")', timeout=120_000)
+    assert page.inner_text('.gtsr-prediction') == prediction and page.locator('.gtsr-error').count() == 0
+    page.close()
+
 def test_app_survives_a_huge_and_a_corrupt_upload(browser, app_url, tmp_path):
     "A 12 MB, 4000x3000 photo and a truncated PNG: a prediction for the first, a message for the second, kernel alive."
     import numpy as np
