@@ -170,7 +170,7 @@ def format_results(results:list[dict], # `predict_files` records
         name = r['path'] if len(r['path']) <= width else '...' + r['path'][-width + 3:]
         if 'error' in r: lines.append(f"{name:<{width}}  ERROR: {r['error']}"); continue
         top, *rest = r['predictions']
-        label = top['name'] if r['verdict'] == 'sign' else f"not sure: {top['name']}?"
+        label = {'sign': top['name'], 'not_sure': f"not sure: {top['name']}?", 'not_a_sign': f"not a traffic sign (not {top['name']})"}[r['verdict']]
         others = ', '.join(f"{p['name']} {p['probability']:.0%}" for p in rest[:3])
         lines.append(f"{name:<{width}}  {top['class_id']:>2} {label[:37]:<37} {top['probability']:>6.1%}  {others}")
     return '\n'.join(lines)

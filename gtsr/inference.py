@@ -13,7 +13,7 @@ import os, time
 from pathlib import Path
 from typing import Literal, NamedTuple
 import numpy as np
-from .data import CLASS_NAMES, ImageError, read_image, to_model_array
+from .data import CLASS_NAMES, N_CLASSES, ImageError, read_image, to_model_array
 from .modelfile import (BACKENDS, DEFAULT_THRESHOLD, ModelError, backend_file, default_model_path, load_learner_verified,
                             record_in_manifest, verify_model)
 
@@ -27,9 +27,10 @@ class Prediction(NamedTuple):
 
 class Classifier:
     "Top-k traffic-sign predictions for any image, from a checksum-verified model."
-    def __init__(self, predict_arrays, size:int, backend:str, path:Path, learner=None, threshold:float=DEFAULT_THRESHOLD):
+    def __init__(self, predict_arrays, size:int, backend:str, path:Path, learner=None, threshold:float=DEFAULT_THRESHOLD, temperature:float=1.0):
         self.predict_arrays, self.size, self.backend, self.path, self.learner = predict_arrays, size, backend, path, learner
         self.threshold = threshold # top probability below which the answer is "not sure"
+        self.temperature = temperature # the calibration applied to every answer (`ModelInput`)
 
     @classmethod
     def load(cls, path=None, # model file; default `default_model_path()`
@@ -44,11 +45,12 @@ class Classifier:
             from gtsr.model import ModelInput
             learn = load_learner_verified(path)
             meta = learn.gtsr
-            net = ModelInput(learn.model, meta['mean'], meta['std']).eval()
+            entry = verify_model(path)
+            temperature = entry.get('temperature', 1.0)
+            net = ModelInput(learn.model, meta['mean'], meta['std'], temperature).eval()
             def predict_arrays(arrays):
                 with torch.inference_mode(): return net(torch.from_numpy(np.require(arrays, np.uint8, ['C', 'W']))).numpy()
-            threshold = verify_model(path).get('confidence_threshold', DEFAULT_THRESHOLD)
-            return cls(predict_arrays, meta['size'], backend, path, learn, threshold)
+            return cls(predict_arrays, meta['size'], backend, path, learn, entry.get('confidence_threshold', DEFAULT_THRESHOLD), temperature)
         if not file.is_file():
             raise ModelError(f"No {backend} model at {file}. Create it with `gtsr export --model {path}`.")
         entry = verify_model(file)
@@ -57,14 +59,15 @@ class Classifier:
         options.intra_op_num_threads = threads or os.cpu_count() or 1
         session = ort.InferenceSession(str(file), options, providers=['CPUExecutionProvider'])
         def predict_arrays(arrays): return session.run(None, {'image': np.ascontiguousarray(arrays, dtype=np.uint8)})[0]
-        return cls(predict_arrays, entry['size'], backend, file, threshold=entry.get('confidence_threshold', DEFAULT_THRESHOLD))
+        return cls(predict_arrays, entry['size'], backend, file, threshold=entry.get('confidence_threshold', DEFAULT_THRESHOLD),
+                   temperature=entry.get('temperature', 1.0))
 
     def to_array(self, image) -> np.ndarray:
         "`image` (path, bytes, PIL or numpy) as the size x size x 3 uint8 array the model sees."
         return to_model_array(read_image(image), self.size)
 
     def probabilities(self, images) -> np.ndarray:
-        "N x 43 class probabilities for a list of images."
+        "N x 43 class probabilities for a list of images (N x 44 for a model that knows 'not a traffic sign', its last column)."
         return self.predict_arrays(np.stack([self.to_array(im) for im in images]))
 
     def predict_batch(self, images, # list of paths, bytes, PIL images or numpy arrays
@@ -81,21 +84,23 @@ class Classifier:
 
     def __repr__(self): return f"Classifier({self.path.name}, backend={self.backend!r}, size={self.size})"
 
-def top_predictions(probabilities:np.ndarray, # 43 class probabilities
+def top_predictions(probabilities:np.ndarray, # class probabilities of one image (43, or 44 with 'not a traffic sign')
                     topk:int=5, # how many to return
                    ) -> list[Prediction]:
-    "The `topk` classes of `probabilities` as `Prediction`s, most likely first."
-    order = np.argsort(-probabilities, kind='stable')[:topk]
+    "The `topk` most likely of the 43 signs in `probabilities` as `Prediction`s, most likely first."
+    order = np.argsort(-probabilities[:N_CLASSES], kind='stable')[:topk]
     return [Prediction(int(c), CLASS_NAMES[c], float(probabilities[c])) for c in order]
 
 # %% ../nbs/08_inference.ipynb #463b685f
-Verdict = Literal['sign', 'not_sure']
+Verdict = Literal['sign', 'not_sure', 'not_a_sign']
 
-def verdict_of(probabilities:np.ndarray, # class probabilities of one image
-               threshold:float=DEFAULT_THRESHOLD, # top probability from which the answer is a sign
+def verdict_of(probabilities:np.ndarray, # class probabilities of one image (43, or 44 with 'not a traffic sign')
+               threshold:float=DEFAULT_THRESHOLD, # top sign probability from which the answer is a sign
               ) -> Verdict:
-    "'sign' if the top probability reaches `threshold`, else 'not_sure'."
-    return 'sign' if float(np.max(probabilities)) >= threshold else 'not_sure'
+    "'not_a_sign' if 'not a traffic sign' is the most likely answer; else 'sign' if the top sign's probability reaches `threshold`, else 'not_sure'."
+    top_sign = float(np.max(probabilities[:N_CLASSES]))
+    if len(probabilities) > N_CLASSES and probabilities[N_CLASSES] > top_sign: return 'not_a_sign'
+    return 'sign' if top_sign >= threshold else 'not_sure'
 
 def prediction_records(clf:Classifier, # the classifier
                        sources:list, # images: paths, bytes, PIL images or numpy arrays
@@ -162,8 +167,8 @@ def export_onnx(model_path=None, # verified learner to export; default the shipp
     from onnxruntime.quantization.shape_inference import quant_pre_process
     from gtsr.model import ModelInput
     clf = Classifier.load(model_path)
-    meta, threshold = clf.learner.gtsr, {'confidence_threshold': clf.threshold}
-    net = ModelInput(clf.learner.model, meta['mean'], meta['std']).eval()
+    meta, threshold = clf.learner.gtsr, {'confidence_threshold': clf.threshold, 'temperature': clf.temperature}
+    net = ModelInput(clf.learner.model, meta['mean'], meta['std'], clf.temperature).eval()
     fp32 = backend_file(clf.path, 'onnx')
     dummy = torch.zeros(1, clf.size, clf.size, 3, dtype=torch.uint8)
     import warnings

@@ -61,16 +61,18 @@ class Committee(nn.Module):
 
 # %% ../nbs/05_model.ipynb #4f178440
 class ModelInput(nn.Module):
-    "uint8 N x H x W x 3 images -> class probabilities: scale, normalise, run `model`, softmax."
-    def __init__(self, model:nn.Module, mean, std):
+    "uint8 N x H x W x 3 images -> class probabilities: scale, normalise, run `model`, softmax at `temperature`."
+    def __init__(self, model:nn.Module, mean, std, temperature:float=1.0):
         super().__init__()
-        self.model = model
+        self.model, self.temperature = model, float(temperature)
         self.register_buffer('mean', torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer('std', torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
     def normalise(self, images):
         "uint8 N x H x W x 3 -> the float N x 3 x H x W tensor the network was trained on."
         return (images.permute(0, 3, 1, 2).float() / 255. - self.mean) / self.std
-    def forward(self, images): return torch.softmax(self.model(self.normalise(images)), dim=1)
+    def forward(self, images):
+        logits = torch.log_softmax(self.model(self.normalise(images)).float(), dim=1) # a committee's output is already log-probabilities
+        return torch.softmax(logits / self.temperature, dim=1)
 
 # %% ../nbs/05_model.ipynb #b6573d25
 def _last_feature_layer(model:nn.Module, x:torch.Tensor) -> nn.Module:

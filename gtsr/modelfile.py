@@ -47,6 +47,7 @@ class ManifestEntry(TypedDict):
     size: int # side in pixels of the square image the network takes
     members: NotRequired[int] # networks averaged, for a committee
     confidence_threshold: NotRequired[float] # top probability below which the app and the API say "not sure"
+    temperature: NotRequired[float] # calibration: log-probabilities are divided by it before the softmax (an ONNX file holds it already)
     calibration_images: NotRequired[int] # training images used to calibrate an INT8 ONNX file
 
 # %% ../nbs/06_modelfile.ipynb #63031a76

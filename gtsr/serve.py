@@ -25,7 +25,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser, parse_options_header
 from .data import CLASS_NAMES, GtsrError
-from .inference import Classifier, prediction_records
+from .inference import Classifier, Verdict, prediction_records
 from .modelfile import verify_model
 
 # %% ../nbs/12_serve.ipynb #e9f41cc5
@@ -119,7 +119,7 @@ class ClassifyResult(BaseModel):
     "The top-k guesses for one uploaded file, as in `gtsr predict --json`, and the verdict."
     path: str = Field(description="the uploaded file's name")
     predictions: list[PredictionOut] = Field(description='most likely first')
-    verdict: Literal['sign', 'not_sure'] = Field(description="'sign' when the top probability reaches the model's confidence threshold")
+    verdict: Verdict = Field(description="'not_a_sign' when 'not a traffic sign' is the model's most likely answer; else 'sign' when the top sign's probability reaches the model's confidence threshold, 'not_sure' below it")
 
 class ErrorItem(BaseModel):
     "What is wrong with one file (or request parameter)."
@@ -138,6 +138,7 @@ class SignClass(BaseModel):
 class Calibration(BaseModel):
     "How far the probabilities can be trusted."
     confidence_threshold: float = Field(description="top probability at or above which the verdict is 'sign'")
+    temperature: float = Field(1.0, description='temperature scaling applied to the probabilities (1: none)')
     int8_calibration_images: int|None = Field(None, description='training images that calibrated the INT8 quantization (INT8 backend)')
 
 class ModelInfo(BaseModel):
@@ -162,7 +163,7 @@ def model_info(clf:Classifier, # the loaded classifier
     entry, threshold = verify_model(clf.path), clf.threshold
     return ModelInfo(name=clf.path.name, sha256=entry['sha256'], backend=clf.backend, arch=entry.get('arch'), image_size=clf.size,
                      classes=[SignClass(class_id=i, name=n) for i, n in enumerate(CLASS_NAMES)],
-                     calibration=Calibration(confidence_threshold=float(threshold),
+                     calibration=Calibration(confidence_threshold=float(threshold), temperature=float(clf.temperature),
                                              int8_calibration_images=entry.get('calibration_images')))
 
 # %% ../nbs/12_serve.ipynb #62bd5e89
