@@ -106,9 +106,14 @@ def add_train(sub):
 # %% ../nbs/10_cli.ipynb #2eff0ad8
 def _evaluate(args):
     from gtsr.evaluate import evaluate
-    m = evaluate(args.data, args.model, args.out, backend=args.backend)
+    m = evaluate(args.data, args.model, args.out, backend=args.backend, corruptions=args.corruptions, corruption_sample=args.corruption_sample)
     print(f"top-1 accuracy {m['accuracy']:.2%} on {m['images']:,} test images ({m['errors']} errors); "
-          f"macro F1 {m['macro_f1']:.4f}; ECE {m['ece']:.4f}\nmetrics and figures in {args.out}")
+          f"macro F1 {m['macro_f1']:.4f}; ECE {m['ece']:.4f}")
+    if args.corruptions:
+        c = m['corruptions']
+        print(f"under common corruptions ({c['images']:,} images, clean accuracy {c['clean_accuracy']:.2%}, {c['seconds']:.0f} s):\n"
+              f"{c['markdown']}\nmean accuracy at severity {c['middle_severity']}: {c['mean_at_middle_severity']:.2%}")
+    print(f"metrics and figures in {args.out}")
 
 def add_model_options(parser, # a sub-command's parser
                       backend:str='fastai', # its default backend
@@ -124,6 +129,9 @@ def add_evaluate(sub):
     e.add_argument('--data', type=Path, required=True, help='GTSRB folder with labelled test images (either layout)')
     e.add_argument('--out', type=Path, default=Path('evaluation'), help='folder for metrics.json and PNGs (default: evaluation)')
     add_model_options(e)
+    e.add_argument('--corruptions', action='store_true', help='also score 8 common corruptions at severities 1, 3, 5 (imagecorruptions); '
+                   'writes corruptions.md and corruption_examples.png')
+    e.add_argument('--corruption-sample', type=int, default=None, metavar='N', help='score the corruptions on N test images drawn with a fixed seed (default: all)')
     e.set_defaults(run=_evaluate)
 
 # %% ../nbs/10_cli.ipynb #036bd3fd

@@ -37,6 +37,21 @@ def test_evaluate_writes_metrics_and_figures(tiny_model, synthetic_data, tmp_pat
     for png in ['confusion_matrix', 'most_confused', 'top_losses', 'reliability']: assert (tmp_path/'eval'/f'{png}.png').stat().st_size > 5000
     assert m['accuracy'] > 3 / 43, "a trained model should beat chance on the synthetic signs"
 
+def test_evaluate_corruptions_writes_table_and_figure(tiny_model, synthetic_data, tmp_path):
+    r = run_gtsr('evaluate', '--data', synthetic_data, '--model', tiny_model, '--out', tmp_path/'eval', '--corruptions')
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert 'mean accuracy at severity 3' in r.stdout
+    c = json.loads((tmp_path/'eval'/'metrics.json').read_text())['corruptions']
+    names = ['gaussian_noise', 'motion_blur', 'defocus_blur', 'jpeg_compression', 'contrast', 'brightness', 'pixelate', 'fog']
+    assert list(c['accuracy']) == [*names, 'mean'] and all(list(a) == ['1', '3', '5'] for a in c['accuracy'].values())
+    assert c['images'] == 43 and c['clean_accuracy'] > 3 / 43
+    assert c['accuracy']['gaussian_noise']['5'] <= c['clean_accuracy'] and c['accuracy']['contrast']['5'] < c['clean_accuracy']
+    table = (tmp_path/'eval'/'corruptions.md').read_text()
+    assert table.startswith('| corruption | severity 1 | severity 3 | severity 5 |') and all(n.replace('_', ' ') in table for n in names)
+    assert (tmp_path/'eval'/'corruption_examples.png').stat().st_size > 20000
+    again = run_gtsr('evaluate', '--data', synthetic_data, '--model', tiny_model, '--out', tmp_path/'again', '--corruptions')
+    assert (tmp_path/'again'/'corruptions.md').read_text() == table, "a seeded corruption run should be reproducible"
+
 def test_evaluate_without_labels_is_an_error(tiny_model, synthetic_data, tmp_path):
     shutil.copytree(synthetic_data/'GTSRB'/'Final_Test', tmp_path/'unlabelled'/'GTSRB'/'Final_Test')
     r = run_gtsr('evaluate', '--data', tmp_path/'unlabelled', '--model', tiny_model, '--out', tmp_path/'eval')
