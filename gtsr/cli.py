@@ -1,4 +1,4 @@
-"""`main`, the `gtsr` command: `gtsr download`, `train`, `evaluate`, `predict`, `export`, `bench`, `bench-train`, `serve`, `bench-serve` and `app`, each a thin wrapper over the function of the same job in its module.
+"""`main`, the `gtsr` command: `gtsr download`, `train`, `evaluate`, `calibrate`, `predict`, `export`, `bench`, `bench-train`, `serve`, `bench-serve` and `app`, each a thin wrapper over the function of the same job in its module.
 
 Docs: https://gtsr.github.io/gtsr/cli.html.md"""
 
@@ -6,8 +6,8 @@ Docs: https://gtsr.github.io/gtsr/cli.html.md"""
 
 # %% auto #0
 __all__ = ['COMMANDS', 'IMAGE_SUFFIXES', 'command', 'build_parser', 'main', 'add_download', 'add_config_options', 'config_from',
-           'add_train', 'add_model_options', 'add_evaluate', 'expand_inputs', 'predict_files', 'format_results',
-           'add_predict', 'add_export', 'markdown_table', 'add_bench', 'add_bench_train', 'add_serve',
+           'add_train', 'add_model_options', 'add_evaluate', 'add_calibrate', 'expand_inputs', 'predict_files',
+           'format_results', 'add_predict', 'add_export', 'markdown_table', 'add_bench', 'add_bench_train', 'add_serve',
            'add_bench_serve', 'add_app']
 
 # %% ../nbs/10_cli.ipynb #cb9802ec
@@ -106,9 +106,14 @@ def add_train(sub):
 # %% ../nbs/10_cli.ipynb #2eff0ad8
 def _evaluate(args):
     from gtsr.evaluate import evaluate
-    m = evaluate(args.data, args.model, args.out, backend=args.backend, corruptions=args.corruptions, corruption_sample=args.corruption_sample)
+    m = evaluate(args.data, args.model, args.out, backend=args.backend, corruptions=args.corruptions, corruption_sample=args.corruption_sample,
+                 gtsdb=args.gtsdb)
     print(f"top-1 accuracy {m['accuracy']:.2%} on {m['images']:,} test images ({m['errors']} errors); "
-          f"macro F1 {m['macro_f1']:.4f}; ECE {m['ece']:.4f}")
+          f"macro F1 {m['macro_f1']:.4f}; ECE {m['ece']:.4f} (before calibration {m['ece_before_calibration']:.4f}, temperature {m['temperature']:g})")
+    if args.gtsdb:
+        d = m['sign_vs_not']
+        print(f"sign vs not a sign ({d['signs']:,} signs, {d['non_signs']:,} non-signs): AUROC {d['auroc']:.4f}, "
+              f"false-positive rate {d['fpr_at_tpr']:.2%} at {d['tpr']:.0%} of the signs kept")
     if args.corruptions:
         c = m['corruptions']
         print(f"under common corruptions ({c['images']:,} images, clean accuracy {c['clean_accuracy']:.2%}, {c['seconds']:.0f} s):\n"
@@ -132,7 +137,23 @@ def add_evaluate(sub):
     e.add_argument('--corruptions', action='store_true', help='also score 8 common corruptions at severities 1, 3, 5 (imagecorruptions); '
                    'writes corruptions.md and corruption_examples.png')
     e.add_argument('--corruption-sample', type=int, default=None, metavar='N', help='score the corruptions on N test images drawn with a fixed seed (default: all)')
+    e.add_argument('--gtsdb', type=Path, default=None, help='GTSDB folder: also score sign vs not a sign on its validation scenes (AUROC, false positives)')
     e.set_defaults(run=_evaluate)
+
+def _calibrate(args):
+    from gtsr.evaluate import calibrate
+    c = calibrate(args.model, args.data)
+    print(f"temperature {c['temperature']:g}, 'not sure' below {c['confidence_threshold']:.3f}, from {c['validation_images']:,} validation images: "
+          f"ECE {c['ece_before']:.4f} -> {c['ece_after']:.4f}; recorded in {Path(c['model']).parent/'manifest.json'}. "
+          f"Run `gtsr export --model {c['model']} --data {args.data}` to carry it into the ONNX files.")
+
+@command
+def add_calibrate(sub):
+    "The options of `gtsr calibrate`."
+    c = sub.add_parser('calibrate', help="fit a model's temperature and 'not sure' threshold on its validation tracks; record them in its manifest")
+    c.add_argument('--data', type=Path, required=True, help='the GTSRB folder the model was trained on')
+    c.add_argument('--model', type=Path, default=None, help='learner file (default: the shipped model)')
+    c.set_defaults(run=_calibrate)
 
 # %% ../nbs/10_cli.ipynb #036bd3fd
 IMAGE_SUFFIXES = {'.jpg', '.jpeg', '.png', '.ppm', '.pgm', '.webp', '.bmp', '.gif', '.tif', '.tiff'}
