@@ -36,6 +36,7 @@ class Classifier:
     def load(cls, path=None, # model file; default `default_model_path()`
              backend:str='fastai', # one of `BACKENDS`
              threads:int|None=None, # CPU threads for the ONNX backends; default all cores
+             device:str|None=None, # fastai backend: cuda, mps or cpu; default the best present (`gtsr.train.torch_device`)
             ) -> 'Classifier':
         "Verify and load the model at `path` for `backend`."
         path = Path(path or default_model_path())
@@ -43,13 +44,15 @@ class Classifier:
         if backend == 'fastai':
             import torch
             from gtsr.model import ModelInput
+            from gtsr.train import torch_device
+            device = torch_device(device)
             learn = load_learner_verified(path)
             meta = learn.gtsr
             entry = verify_model(path)
             temperature = entry.get('temperature', 1.0)
-            net = ModelInput(learn.model, meta['mean'], meta['std'], temperature).eval()
+            net = ModelInput(learn.model, meta['mean'], meta['std'], temperature).eval().to(device)
             def predict_arrays(arrays):
-                with torch.inference_mode(): return net(torch.from_numpy(np.require(arrays, np.uint8, ['C', 'W']))).numpy()
+                with torch.inference_mode(): return net(torch.from_numpy(np.require(arrays, np.uint8, ['C', 'W'])).to(device)).cpu().numpy()
             return cls(predict_arrays, meta['size'], backend, path, learn, entry.get('confidence_threshold', DEFAULT_THRESHOLD), temperature)
         if not file.is_file():
             raise ModelError(f"No {backend} model at {file}. Create it with `gtsr export --model {path}`.")
@@ -133,8 +136,9 @@ def gradcam(clf:Classifier, # a fastai-backend classifier
     meta, model = clf.learner.gtsr, clf.learner.model.eval()
     array = clf.to_array(image)[None]
     if class_id is None: class_id = int(clf.predict_arrays(array).argmax())
-    x = ModelInput(model, meta['mean'], meta['std']).normalise(torch.from_numpy(array))
-    return gradcam_map(model, x, class_id).numpy()
+    device = next(model.parameters()).device
+    x = ModelInput(model, meta['mean'], meta['std']).to(device).normalise(torch.from_numpy(array).to(device))
+    return gradcam_map(model, x, class_id).cpu().numpy()
 
 def gradcam_overlay(clf:Classifier, # a fastai-backend classifier
                     image, # any input `read_image` takes
