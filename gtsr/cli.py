@@ -152,7 +152,7 @@ def add_calibrate(sub):
     "The options of `gtsr calibrate`."
     c = sub.add_parser('calibrate', help="fit a model's temperature and 'not sure' threshold on its validation tracks; record them in its manifest")
     c.add_argument('--data', type=Path, required=True, help='the GTSRB folder the model was trained on')
-    c.add_argument('--model', type=Path, default=None, help='learner file (default: the shipped model)')
+    c.add_argument('--model', type=Path, required=True, help='learner file to calibrate (its manifest entry is updated)')
     c.set_defaults(run=_calibrate)
 
 # %% ../nbs/10_cli.ipynb #036bd3fd
@@ -274,7 +274,7 @@ def add_bench(sub):
 
 def _bench_train(args):
     from gtsr.evaluate import benchmark_training
-    b = benchmark_training(args.data, args.out, **({'epochs': args.epochs} if args.epochs else {}))
+    b = benchmark_training(args.data, args.out, **({'epochs': args.epochs} if args.epochs else {}), **({'negatives': str(args.gtsdb)} if args.gtsdb else {}))
     print(f"recipe: {b['recipe']}")
     print(f"wall time {b['train_seconds'] / 60:.1f} min training ({b['total_seconds'] / 60:.1f} min with evaluation), "
           f"peak memory {b['peak_memory_mb']:,} MB, test accuracy {b['test_accuracy']:.2%} on {b['test_images']:,} images")
@@ -286,6 +286,7 @@ def add_bench_train(sub):
     bt.add_argument('--data', type=Path, required=True, help='GTSRB folder with training and labelled test images')
     bt.add_argument('--out', type=Path, default=Path('runs/bench-train'), help='folder for the run (default: runs/bench-train)')
     bt.add_argument('--epochs', type=int, default=None, help="override the recipe's epochs (for a quick look)")
+    bt.add_argument('--gtsdb', type=Path, default=None, help="GTSDB folder for the recipe's 'not a traffic sign' crops (default: the download folder)")
     bt.set_defaults(run=_bench_train)
 
 # %% ../nbs/10_cli.ipynb #47cfba95

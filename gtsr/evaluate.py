@@ -383,8 +383,8 @@ def corruption_report(clf:Classifier, # the classifier to score
     return report, corruption_examples(images[:2], seed=seed)
 
 # %% ../nbs/09_evaluate.ipynb #01e5ef4e
-def calibrate(model=None, # learner file listed in a manifest; default the shipped model
-              data=None, # the GTSRB folder it was trained on
+def calibrate(model, # learner file listed in a manifest (changed in place: no default, so the shipped model is never changed by accident)
+              data, # the GTSRB folder it was trained on
               cache_dir=None, # decoded-image cache
              ) -> dict:
     "Fit `model`'s temperature and 'not sure' threshold on its validation tracks, record them in its manifest entry, return the figures."

@@ -78,7 +78,7 @@ def test_predict_table_json_csv_and_exit_codes(tiny_model, sign, tmp_path):
     out = json.loads(r.stdout)
     assert [Path(o['path']).name for o in out] == ['b.png', 'a.ppm'] and len(out[0]['predictions']) == 5
     assert set(out[0]['predictions'][0]) == {'class_id', 'name', 'probability'}
-    assert set(out[0]) == {'path', 'predictions', 'verdict'} and out[0]['verdict'] in ('sign', 'not_sure')
+    assert set(out[0]) == {'path', 'predictions', 'verdict'} and out[0]['verdict'] in ('sign', 'not_sure', 'not_a_sign')
     (folder/'junk.png').write_bytes(b'nope')
     r = run_gtsr('predict', '--model', tiny_model, '--csv', '--topk', '2', folder)
     assert r.returncode == 2 and '1 of 3 files could not be classified' in r.stderr
