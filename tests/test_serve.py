@@ -71,7 +71,9 @@ def test_model_and_health(api):
     assert m['name'] == 'model-int8.onnx' and m['backend'] == 'onnx-int8' and m['arch'] == 'signnet'
     assert m['sha256'] == file_digest(MODELS/'model-int8.onnx')
     assert m['image_size'] == 32 and [c['name'] for c in m['classes']] == CLASS_NAMES
-    assert m['calibration'] == {'confidence_threshold': 0.5, 'int8_calibration_images': 1000}
+    entry = json.loads((MODELS/'manifest.json').read_text())['model-int8.onnx']
+    assert m['calibration'] == {'confidence_threshold': entry['confidence_threshold'], 'temperature': entry['temperature'],
+                                'int8_calibration_images': entry['calibration_images']}
     assert api.get('/health').json() == {'status': 'ok', 'model': 'model-int8.onnx', 'backend': 'onnx-int8'}
 
 def test_docs_and_typed_openapi_schema(api):
