@@ -310,7 +310,7 @@ def _bench_serve(args):
     from gtsr.serve import benchmark_serve
     table = benchmark_serve(args.model, args.backend, args.workers, tuple(args.clients), args.requests)
     print(f"single-image POST /v1/classify, {args.backend}, {args.workers} worker(s), {os.cpu_count()} cores, loopback")
-    print(markdown_table(table.set_index('clients')) if args.markdown else table.to_string(index=False))
+    print(markdown_table(table) if args.markdown else table.to_string()) # the table is indexed by the number of clients
 
 @command
 def add_bench_serve(sub):
