@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
+import torchvision.transforms.v2 # RandomBlur's gaussian_blur; `import torchvision` alone does not load it
 from fastai.distributed import DistributedDL
 from fastai.vision.all import (Callback, DataLoaders, IntToFloatTensor, LabelSmoothingCrossEntropyFlat, Learner,
                                MixedPrecision, Normalize, RandTransform, TensorCategory, TensorImage, TfmdDL, accuracy,
@@ -53,10 +54,12 @@ def torch_device(name:str|None=None, # 'cuda', 'cuda:N', 'mps' or 'cpu'; None: t
 class ArrayDataset:
     "Images (N x 3 x H x W uint8 tensor), labels (N int64 tensor) and optionally a teacher's probabilities (N x C), sliced into batches by `ArrayLoader`."
     n_inp = 1 # the images; the labels (and the teacher's probabilities) are targets
-    def __init__(self, images, labels, teacher=None): self.images, self.labels, self.teacher = images, labels, teacher
+    def __init__(self, images, labels, teacher=None, split_idx:int|None=None):
+        self.images, self.labels, self.teacher = images, labels, teacher
+        self.split_idx = split_idx # 0 training, 1 validation: fastai's random transforms (split_idx 0) run on training batches only
     def __len__(self): return len(self.images)
     def __getitem__(self, i): return i
-    def new_empty(self): return ArrayDataset(self.images[:0].cpu().clone(), self.labels[:0].cpu().clone()) # clone: a view would pickle all images
+    def new_empty(self): return ArrayDataset(self.images[:0].cpu().clone(), self.labels[:0].cpu().clone(), split_idx=self.split_idx) # clone: a view would pickle all images
 
 class ArrayLoader(TfmdDL):
     "A fastai data loader whose batches are slices of an `ArrayDataset`: (images, labels) or (images, labels, teacher)."
@@ -129,7 +132,8 @@ def gtsrb_dataloaders(train:pd.DataFrame, # rows to train on
     device = torch.device(device or 'cpu')
     def loader(images, labels, shuffle, tfms, teacher=None):
         as_tensor = lambda a, dtype: torch.as_tensor(np.asarray(a), dtype=dtype, device=device)
-        dataset = ArrayDataset(to_tensor(images).to(device), as_tensor(labels, torch.int64), None if teacher is None else as_tensor(teacher, torch.float32))
+        dataset = ArrayDataset(to_tensor(images).to(device), as_tensor(labels, torch.int64), None if teacher is None else as_tensor(teacher, torch.float32),
+                               split_idx=0 if shuffle else 1)
         return ArrayLoader(dataset, bs=bs if shuffle else 512, shuffle=shuffle, drop_last=shuffle and len(images) > bs,
                            num_workers=0, after_batch=[IntToFloatTensor(), *tfms, Normalize.from_stats(*imagenet_stats)])
     images, labels = image_cache(train.path, size, cache_dir), train.class_id.to_numpy(dtype='int64')
