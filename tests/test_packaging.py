@@ -1,5 +1,5 @@
 "Packaging: environment.yml pins what pyproject.toml pins, and Binder uses it."
-import re, subprocess, sys, tomllib
+import re, signal, subprocess, sys, tomllib
 from pathlib import Path
 from conftest import ROOT
 
@@ -46,7 +46,8 @@ def test_wheel_installs_and_runs_predict_and_app(tmp_path):
     assert json.loads(r.stdout)[0]['predictions'][0]['name']
     with socket.socket() as s: s.bind(('127.0.0.1', 0)); port = s.getsockname()[1]
     app = subprocess.Popen([venv/'bin'/'gtsr', 'app', '--port', str(port)], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                           text=True, start_new_session=True)
+                           text=True, start_new_session=True,
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)) # a background test run ignores Ctrl-C; the app must not
     try:
         deadline, page = time.time() + 180, None
         while time.time() < deadline and page is None:
@@ -56,5 +57,4 @@ def test_wheel_installs_and_runs_predict_and_app(tmp_path):
         assert page and 'German traffic-sign classifier' in page
         assert 'No model at' not in page and 'Traceback' not in page
     finally:
-        import signal
         os.killpg(app.pid, signal.SIGINT); app.wait(90) # Ctrl-C, as a user stops it: Voila and its kernel go too (slower on a busy machine)
