@@ -106,12 +106,13 @@ class RandomMotionBlur(RandTransform):
         return TensorImage(F.conv2d(F.pad(x, [n // 2] * 4, mode='replicate'), kernel, groups=x.shape[1]))
 
 def sign_augmentations(size:int=32, # image side in pixels
-                       corruptions:bool=False, # also pixel noise, pixelation and motion blur
+                       augmentation:str='warp', # 'warp', 'lighting' or 'corruptions' (`gtsr.config.AUGMENTATIONS`), each adding to the one before
                       ) -> list:
-    "Batch augmentations that keep a sign's meaning: no flips; rotation, zoom, warp, lighting, blur (and corruptions)."
+    "Batch augmentations that keep a sign's meaning: no flips; rotation, zoom, perspective warp (+ lighting and blur, + corruptions)."
+    lighting = augmentation in ('lighting', 'corruptions')
     return [*aug_transforms(do_flip=False, max_rotate=15, min_zoom=0.9, max_zoom=1.2, max_warp=0.2,
-                            max_lighting=0.4, p_lighting=0.75, pad_mode='border', size=size), RandomBlur(),
-            *([RandomNoise(), RandomPixelate(), RandomMotionBlur()] if corruptions else [])]
+                            max_lighting=0.4 if lighting else 0., p_lighting=0.75 if lighting else 0., pad_mode='border', size=size),
+            *([RandomBlur()] if lighting else []), *([RandomNoise(), RandomPixelate(), RandomMotionBlur()] if augmentation == 'corruptions' else [])]
 
 def to_tensor(images:np.ndarray) -> torch.Tensor:
     "N x H x W x 3 uint8 array -> N x 3 x H x W uint8 tensor."
@@ -126,7 +127,7 @@ def gtsrb_dataloaders(train:pd.DataFrame, # rows to train on
                       device=None, # where batches are made and augmented; default the CPU
                       extra:tuple|None=None, # (N x size x size x 3 uint8 images, class ids) to train on too, such as `training_crops`
                       teacher:np.ndarray|None=None, # a teacher's probabilities for each training image (`train`, then `extra`)
-                      corruptions:bool=False, # augment with corruptions too (`sign_augmentations`)
+                      augmentation:str='warp', # which `sign_augmentations`
                      ) -> DataLoaders:
     "fastai `DataLoaders` over the cached, resized images of `train` (and `extra`) and `valid`, held on `device`."
     device = torch.device(device or 'cpu')
@@ -138,7 +139,7 @@ def gtsrb_dataloaders(train:pd.DataFrame, # rows to train on
                            num_workers=0, after_batch=[IntToFloatTensor(), *tfms, Normalize.from_stats(*imagenet_stats)])
     images, labels = image_cache(train.path, size, cache_dir), train.class_id.to_numpy(dtype='int64')
     if extra is not None: images, labels = np.concatenate([images, extra[0]]), np.concatenate([labels, extra[1]])
-    tfms = sign_augmentations(size, corruptions) if augment else []
+    tfms = sign_augmentations(size, augmentation) if augment else []
     dls = DataLoaders(loader(images, labels, True, tfms, teacher),
                       loader(image_cache(valid.path, size, cache_dir), valid.class_id.to_numpy(dtype='int64'), False, []), device=device)
     dls.vocab = CLASS_NAMES + ([NOT_A_SIGN] if N_CLASSES in labels else [])
@@ -338,7 +339,7 @@ def learner_for(data, # extracted GTSRB folder (either layout)
         images = np.concatenate([image_cache(trn.path, config.size, cache_dir), *([extra[0]] if extra else [])])
         targets = training_targets(labels, teacher_probabilities(config.teacher, images, N_CLASSES + bool(extra)))
     dls = rank0_first(lambda: gtsrb_dataloaders(trn, val, config.size, config.bs, cache_dir, device=config.device, extra=extra,
-                                                teacher=targets, corruptions=config.corruptions))
+                                                teacher=targets, augmentation=config.augmentation))
     learn = make_learner(dls, config)
     learn.gtsr = ModelMeta(arch=config.arch, size=config.size, mean=list(imagenet_stats[0]), std=list(imagenet_stats[1]),
                            classes=list(dls.vocab), config=run_record(config, data), half=config.half)
