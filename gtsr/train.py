@@ -54,6 +54,7 @@ def torch_device(name:str|None=None, # 'cuda', 'cuda:N', 'mps' or 'cpu'; None: t
 class ArrayDataset:
     "Images (N x 3 x H x W uint8 tensor), labels (N int64 tensor) and optionally a teacher's probabilities (N x C), sliced into batches by `ArrayLoader`."
     n_inp = 1 # the images; the labels (and the teacher's probabilities) are targets
+    split_idx = None # what learners exported before it existed carry when unpickled
     def __init__(self, images, labels, teacher=None, split_idx:int|None=None):
         self.images, self.labels, self.teacher = images, labels, teacher
         self.split_idx = split_idx # 0 training, 1 validation: fastai's random transforms (split_idx 0) run on training batches only
