@@ -57,4 +57,8 @@ def test_wheel_installs_and_runs_predict_and_app(tmp_path):
         assert page and 'German traffic-sign classifier' in page
         assert 'No model at' not in page and 'Traceback' not in page
     finally:
-        os.killpg(app.pid, signal.SIGINT); app.wait(90) # Ctrl-C, as a user stops it: Voila and its kernel go too (slower on a busy machine)
+        os.killpg(app.pid, signal.SIGINT) # Ctrl-C, as a user stops it: Voila and its kernel go too (slower on a busy machine)
+        try: app.wait(90)
+        except subprocess.TimeoutExpired:
+            os.killpg(app.pid, signal.SIGKILL) # leave nothing running, then fail
+            raise
