@@ -9,7 +9,7 @@ __all__ = ['CLASS_NAMES', 'N_CLASSES', 'DATA_DIR_VARIABLES', 'COLUMNS', 'MAX_PIX
            'NOT_A_SIGN', 'default_data_dir', 'file_digest', 'GtsrError', 'DatasetError', 'track_id', 'load_gtsrb',
            'track_split', 'ImageError', 'read_image', 'to_model_array', 'default_cache_dir', 'image_cache',
            'reference_images', 'gtsdb_folder', 'load_gtsdb', 'gtsdb_scenes', 'gtsdb_split', 'background_boxes',
-           'scene_crops']
+           'scene_crops', 'gtsdb_crops']
 
 # %% ../nbs/00_data.ipynb #6a6d0160
 import os
@@ -397,3 +397,18 @@ def scene_crops(rows:pd.DataFrame, # path, x1, y1, x2, y2 of each box (pixels, c
     tmp = cache.with_suffix('.partial.npy')
     np.save(tmp, out); os.replace(tmp, cache)
     return out
+
+# %% ../nbs/00_data.ipynb #fa9f93b6
+def gtsdb_crops(gtsdb, # GTSDB folder (`load_gtsdb`)
+                side:str='train', # 'train' or 'valid': the scenes of that side of `gtsdb_split`
+                size:int=32, # crop side in pixels
+                per_scene:int=20, # sign-free boxes per scene
+                seed:int=1, # seed of the sign-free boxes
+                cache_dir=None, # decoded-image cache
+               ) -> tuple[np.ndarray, np.ndarray]:
+    "Crops of the signs and of sign-free squares of one side's scenes, as (images, class ids); 'not a traffic sign' is class 43."
+    if side not in ('train', 'valid'): raise ValueError(f"side must be 'train' or 'valid', not {side!r}")
+    signs, split = load_gtsdb(gtsdb), gtsdb_split(gtsdb_scenes(gtsdb))
+    scenes = split[side == 'valid']
+    boxes = pd.concat([signs[signs.path.isin(scenes.path)], background_boxes(scenes, signs, per_scene, seed=seed)], ignore_index=True)
+    return scene_crops(boxes, size, cache_dir=cache_dir), boxes.class_id.to_numpy(dtype='int64')

@@ -6,11 +6,11 @@ Docs: https://gtsr.github.io/gtsr/evaluate.html.md"""
 
 # %% auto #0
 __all__ = ['NAMES', 'CORRUPTIONS', 'SEVERITIES', 'confidence_bins', 'expected_calibration_error', 'confidence_threshold',
-           'save_confidence_threshold', 'rescale', 'fit_temperature', 'everyday_negatives', 'held_out_crops',
-           'sign_score', 'sign_detection', 'probabilities_on', 'predict_in_batches', 'evaluate', 'score',
-           'plot_confusion', 'most_confused', 'plot_most_confused', 'show_top_losses', 'plot_reliability',
-           'plot_sign_vs_not', 'corrupt_images', 'corruption_accuracy', 'corruption_examples', 'corruption_markdown',
-           'corruption_report', 'calibrate', 'parity', 'benchmark_training']
+           'save_confidence_threshold', 'rescale', 'fit_temperature', 'everyday_negatives', 'sign_score',
+           'sign_detection', 'probabilities_on', 'predict_in_batches', 'evaluate', 'score', 'plot_confusion',
+           'most_confused', 'plot_most_confused', 'show_top_losses', 'plot_reliability', 'plot_sign_vs_not',
+           'corrupt_images', 'corruption_accuracy', 'corruption_examples', 'corruption_markdown', 'corruption_report',
+           'calibrate', 'parity', 'benchmark_training']
 
 # %% ../nbs/09_evaluate.ipynb #12b564be
 import json, zlib
@@ -21,8 +21,8 @@ import matplotlib
 import matplotlib.pyplot as plt
 import seaborn as sns
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, roc_auc_score, roc_curve
-from .data import (CLASS_NAMES, N_CLASSES, NOT_A_SIGN, DatasetError, background_boxes, file_digest, gtsdb_scenes, gtsdb_split,
-                       image_cache, load_gtsdb, load_gtsrb, read_image, scene_crops, track_split)
+from .data import (CLASS_NAMES, N_CLASSES, NOT_A_SIGN, DatasetError, file_digest, gtsdb_crops, image_cache, load_gtsrb,
+                       read_image, track_split)
 from .inference import Classifier
 from .modelfile import BACKENDS, ModelError, update_manifest_entry, verify_model
 
@@ -103,16 +103,6 @@ def everyday_negatives(n:int=300, # images of each kind
     flat = np.broadcast_to(rng.integers(0, 256, (n, 1, 1, 3), dtype=np.uint8), (n, size, size, 3))
     return np.concatenate([np.stack(crops), noise, flat])
 
-def held_out_crops(gtsdb, # GTSDB folder (`load_gtsdb`)
-                   size:int=32, # crop side in pixels
-                   per_scene:int=20, # sign-free boxes per validation scene
-                   cache_dir=None, # decoded-image cache
-                  ) -> tuple[np.ndarray, np.ndarray]:
-    "Crops of GTSDB's validation scenes (`gtsdb_split`): their signs and sign-free boxes, as (images, class ids; 43 = not a sign)."
-    signs, (_, valid_scenes) = load_gtsdb(gtsdb), gtsdb_split(gtsdb_scenes(gtsdb))
-    boxes = pd.concat([signs[signs.path.isin(valid_scenes.path)], background_boxes(valid_scenes, signs, per_scene, seed=2)], ignore_index=True)
-    return scene_crops(boxes, size, cache_dir=cache_dir), boxes.class_id.to_numpy(dtype='int64')
-
 def sign_score(probabilities:np.ndarray) -> np.ndarray:
     "How much each image looks like a sign: 1 - p(not a traffic sign), or the top probability of a 43-class model."
     return 1 - probabilities[:, N_CLASSES] if probabilities.shape[1] > N_CLASSES else probabilities.max(1)
@@ -174,13 +164,15 @@ def evaluate(data, # GTSRB folder with labelled test images (either layout)
                ('top_losses', show_top_losses(test, probs, labels)), ('reliability', plot_reliability(probs, labels))]
     if clf.temperature != 1: figures.append(('reliability_before_calibration', plot_reliability(uncalibrated, labels, title='before calibration')))
     if gtsdb is not None:
-        crops, crop_labels = held_out_crops(gtsdb, clf.size, cache_dir=cache_dir)
+        crops, crop_labels = gtsdb_crops(gtsdb, 'valid', clf.size, seed=2, cache_dir=cache_dir)
         everyday = everyday_negatives(size=clf.size)
-        scores = sign_score(np.concatenate([probs, predict_in_batches(clf, crops), predict_in_batches(clf, everyday)]))
+        crop_scores, everyday_scores = sign_score(predict_in_batches(clf, crops)), sign_score(predict_in_batches(clf, everyday))
+        scores = np.concatenate([sign_score(probs), crop_scores, everyday_scores])
         is_sign = np.concatenate([np.ones(len(probs), bool), crop_labels < N_CLASSES, np.zeros(len(everyday), bool)])
         metrics['sign_vs_not'] = sign_detection(scores, is_sign)
-        metrics['sign_vs_not'].update(gtsdb_background_fpr=float((sign_score(predict_in_batches(clf, crops[crop_labels == N_CLASSES])) >= metrics['sign_vs_not']['threshold_at_tpr']).mean()),
-                                      everyday_fpr=float((scores[-len(everyday):] >= metrics['sign_vs_not']['threshold_at_tpr']).mean()),
+        line = metrics['sign_vs_not']['threshold_at_tpr']
+        metrics['sign_vs_not'].update(gtsdb_background_fpr=float((crop_scores[crop_labels == N_CLASSES] >= line).mean()),
+                                      everyday_fpr=float((everyday_scores >= line).mean()),
                                       not_a_sign_verdicts_on_signs=float((probs.argmax(1) == N_CLASSES).mean()) if probs.shape[1] > N_CLASSES else 0.0)
         figures.append(('sign_vs_not', plot_sign_vs_not(scores, is_sign)))
     if corruptions:

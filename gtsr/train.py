@@ -6,11 +6,11 @@ Docs: https://gtsr.github.io/gtsr/train.html.md"""
 
 # %% auto #0
 __all__ = ['torch_device', 'ArrayDataset', 'ArrayLoader', 'RandomBlur', 'RandomNoise', 'RandomPixelate', 'RandomMotionBlur',
-           'sign_augmentations', 'to_tensor', 'gtsrb_dataloaders', 'make_learner', 'training_crops',
-           'teacher_probabilities', 'DistillationLoss', 'training_targets', 'EpochCheckpoint', 'CPUMixedPrecision',
-           'precision_of', 'precision_callbacks', 'ShardedDL', 'join_processes', 'rank0_first', 'distributed',
-           'run_record', 'start_run', 'learner_for', 'fit_stages', 'export_model', 'train', 'member_configs',
-           'train_committee', 'export_committee']
+           'sign_augmentations', 'to_tensor', 'gtsrb_dataloaders', 'make_learner', 'teacher_probabilities',
+           'DistillationLoss', 'training_targets', 'EpochCheckpoint', 'CPUMixedPrecision', 'precision_of',
+           'precision_callbacks', 'ShardedDL', 'join_processes', 'rank0_first', 'distributed', 'run_record',
+           'start_run', 'learner_for', 'fit_stages', 'export_model', 'train', 'member_configs', 'train_committee',
+           'export_committee']
 
 # %% ../nbs/07_train.ipynb #6abf6ccd
 import json, os, time, urllib.error
@@ -30,8 +30,7 @@ from fastai.vision.all import (Callback, DataLoaders, IntToFloatTensor, LabelSmo
                                aug_transforms, distrib_barrier, imagenet_stats, load_model, num_distrib, rank_distrib,
                                save_model, set_seed, vision_learner)
 from .config import SHIPPED_RECIPE, TrainConfig, TrainError
-from .data import (CLASS_NAMES, N_CLASSES, NOT_A_SIGN, background_boxes, gtsdb_scenes, gtsdb_split, image_cache, load_gtsdb,
-                       load_gtsrb, scene_crops, track_split)
+from .data import CLASS_NAMES, N_CLASSES, NOT_A_SIGN, gtsdb_crops, image_cache, load_gtsrb, track_split
 from .model import Committee, ContrastNorm, ResidualBlock, signnet # also the names older learner pickles refer to
 from .modelfile import ModelMeta, load_learner_verified, record_in_manifest, verify_model
 
@@ -126,7 +125,7 @@ def gtsrb_dataloaders(train:pd.DataFrame, # rows to train on
                       cache_dir=None, # decoded-image cache folder
                       augment:bool=True, # apply `sign_augmentations` to training batches
                       device=None, # where batches are made and augmented; default the CPU
-                      extra:tuple|None=None, # (N x size x size x 3 uint8 images, class ids) to train on too, such as `training_crops`
+                      extra:tuple|None=None, # (N x size x size x 3 uint8 images, class ids) to train on too, such as `gtsdb_crops`
                       teacher:np.ndarray|None=None, # a teacher's probabilities for each training image (`train`, then `extra`)
                       augmentation:str='warp', # which `sign_augmentations`
                      ) -> DataLoaders:
@@ -166,17 +165,6 @@ def make_learner(dls:DataLoaders, # from `gtsrb_dataloaders`
                          "or train from scratch with --no-pretrained (a different model; nothing falls back silently).") from None
 
 # %% ../nbs/07_train.ipynb #ee134ecf
-def training_crops(gtsdb, # GTSDB folder (`load_gtsdb`)
-                   size:int=32, # crop side in pixels
-                   cache_dir=None, # decoded-image cache
-                   per_scene:int=20, # sign-free boxes per scene
-                   seed:int=1, # seed of the sign-free boxes
-                  ) -> tuple[np.ndarray, np.ndarray]:
-    "Crops of the signs and of sign-free areas of GTSDB's training scenes (`gtsdb_split`), as (images, class ids); 'not a traffic sign' is class 43."
-    signs, (train_scenes, _) = load_gtsdb(gtsdb), gtsdb_split(gtsdb_scenes(gtsdb))
-    boxes = pd.concat([signs[signs.path.isin(train_scenes.path)], background_boxes(train_scenes, signs, per_scene, seed=seed)], ignore_index=True)
-    return scene_crops(boxes, size, cache_dir=cache_dir), boxes.class_id.to_numpy(dtype='int64')
-
 def teacher_probabilities(path, # a model file listed in its manifest, trained on the 43 signs
                           images:np.ndarray, # N x H x W x 3 uint8 images at the teacher's size
                           n_classes:int=N_CLASSES, # columns of the result; images labelled beyond the teacher's classes get zeros there
@@ -333,14 +321,17 @@ def learner_for(data, # extracted GTSRB folder (either layout)
     df = load_gtsrb(data)
     trn, val = track_split(df, config.valid_pct, config.seed)
     if config.all_train: trn = df[df.split == 'train']
-    extra = rank0_first(lambda: training_crops(config.negatives, config.size, cache_dir, seed=config.seed)) if config.negatives else None
-    targets = None
-    if config.teacher:
-        labels = np.concatenate([trn.class_id.to_numpy(dtype='int64'), *([extra[1]] if extra else [])])
-        images = np.concatenate([image_cache(trn.path, config.size, cache_dir), *([extra[0]] if extra else [])])
-        targets = training_targets(labels, teacher_probabilities(config.teacher, images, N_CLASSES + bool(extra)))
-    dls = rank0_first(lambda: gtsrb_dataloaders(trn, val, config.size, config.bs, cache_dir, device=config.device, extra=extra,
-                                                teacher=targets, augmentation=config.augmentation))
+    def dataloaders():
+        "The run's loaders; they read (and the first time write) the image caches, so process 0 builds them first."
+        extra = gtsdb_crops(config.negatives, 'train', config.size, seed=config.seed, cache_dir=cache_dir) if config.negatives else None
+        targets = None
+        if config.teacher:
+            labels = np.concatenate([trn.class_id.to_numpy(dtype='int64'), *([extra[1]] if extra else [])])
+            images = np.concatenate([image_cache(trn.path, config.size, cache_dir), *([extra[0]] if extra else [])])
+            targets = training_targets(labels, teacher_probabilities(config.teacher, images, N_CLASSES + bool(extra)))
+        return gtsrb_dataloaders(trn, val, config.size, config.bs, cache_dir, device=config.device, extra=extra,
+                                 teacher=targets, augmentation=config.augmentation)
+    dls = rank0_first(dataloaders)
     learn = make_learner(dls, config)
     learn.gtsr = ModelMeta(arch=config.arch, size=config.size, mean=list(imagenet_stats[0]), std=list(imagenet_stats[1]),
                            classes=list(dls.vocab), config=run_record(config, data), half=config.half)
