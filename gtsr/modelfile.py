@@ -6,8 +6,8 @@ Docs: https://gtsr.github.io/gtsr/modelfile.html.md"""
 
 # %% auto #0
 __all__ = ['MANIFEST', 'SHIPPED_MODELS', 'BACKENDS', 'DEFAULT_THRESHOLD', 'ModelError', 'default_model_path', 'backend_file',
-           'ManifestEntry', 'record_in_manifest', 'verify_model', 'update_manifest_entry', 'confidence_threshold_of',
-           'ModelMeta', 'load_learner_verified']
+           'ManifestEntry', 'record_in_manifest', 'verify_model', 'update_manifest_entry', 'ModelMeta',
+           'load_learner_verified']
 
 # %% ../nbs/06_modelfile.ipynb #977fdeb4
 import json, os, tempfile
@@ -91,12 +91,7 @@ def update_manifest_entry(path, # model file listed in a manifest
     entry = {k: v for k, v in verify_model(path).items() if k not in ('sha256', 'bytes')}
     return record_in_manifest(path, **{**entry, **fields})
 
-DEFAULT_THRESHOLD = 0.5
-
-def confidence_threshold_of(path, # model file listed in a manifest
-                           ) -> float:
-    "The model's 'not sure' threshold from its verified manifest entry (the model card says how it was chosen)."
-    return float(verify_model(path).get('confidence_threshold', DEFAULT_THRESHOLD))
+DEFAULT_THRESHOLD = 0.5 # the 'not sure' threshold of an entry without `confidence_threshold`
 
 # %% ../nbs/06_modelfile.ipynb #07b53d11
 class ModelMeta(TypedDict):
