@@ -1,4 +1,4 @@
-"""`main`, the `gtsr` command: `gtsr download`, `train`, `evaluate`, `calibrate`, `predict`, `export`, `bench`, `bench-train`, `serve`, `bench-serve` and `app`, each a thin wrapper over the function of the same job in its module.
+"""`main`, the `gtsr` command: `gtsr download`, `train`, `evaluate`, `calibrate`, `predict`, `export`, `bench`, `bench-train`, `detect`, `train-detector`, `evaluate-detector`, `bench-detector`, `serve`, `bench-serve` and `app`, each a thin wrapper over the function of the same job in its module.
 
 Docs: https://gtsr.github.io/gtsr/cli.html.md"""
 
@@ -7,8 +7,10 @@ Docs: https://gtsr.github.io/gtsr/cli.html.md"""
 # %% auto #0
 __all__ = ['COMMANDS', 'IMAGE_SUFFIXES', 'command', 'build_parser', 'main', 'add_download', 'add_config_options', 'config_from',
            'add_train', 'add_model_options', 'add_evaluate', 'add_calibrate', 'expand_inputs', 'predict_files',
-           'format_results', 'add_predict', 'add_export', 'markdown_table', 'add_bench', 'add_bench_train', 'add_serve',
-           'add_bench_serve', 'add_app']
+           'format_results', 'add_predict', 'add_export', 'markdown_table', 'add_bench', 'add_bench_train',
+           'format_detections', 'write_drawn', 'add_detector_options', 'add_detect', 'add_finder_options',
+           'add_train_detector', 'add_evaluate_detector', 'add_bench_detector', 'add_serve', 'add_bench_serve',
+           'add_app']
 
 # %% ../nbs/10_cli.ipynb #cb9802ec
 import argparse, os, sys
@@ -261,6 +263,15 @@ def _bench(args):
     table = benchmark(args.model, args.backends, threads=args.threads)
     print(f"machine: {platform.processor() or platform.machine()}, {args.threads or os.cpu_count()} threads")
     print(markdown_table(table) if args.markdown else table.to_string())
+    from gtsr.detect import Detector, benchmark_detector, default_detector_path
+    if not default_detector_path().is_file(): return print(f"no detector at {default_detector_path()}: per-scene latency not measured")
+    scenes = None
+    if args.gtsdb:
+        from gtsr.data import gtsdb_scenes, gtsdb_split
+        scenes = list(gtsdb_split(gtsdb_scenes(args.gtsdb))[1].path[:20])
+    b = benchmark_detector(Detector.load(threads=args.threads), scenes)
+    print(f"detector: median {b['median_seconds']:.3f} s, 90th percentile {b['p90_seconds']:.3f} s per {b['size']} photo "
+          f"({b['photos']} {'validation scenes' if scenes else 'drawn scenes'}, decoded; finder and INT8 classifier)")
 
 @command
 def add_bench(sub):
@@ -270,6 +281,7 @@ def add_bench(sub):
     b.add_argument('--backends', nargs='+', default=BACKENDS, choices=BACKENDS)
     b.add_argument('--threads', type=int, default=None, help='CPU threads (default: all cores)')
     b.add_argument('--markdown', action='store_true', help='print a Markdown table')
+    b.add_argument('--gtsdb', type=Path, default=None, help='time the detector on 20 validation scenes of this GTSDB folder (default: drawn scenes)')
     b.set_defaults(run=_bench)
 
 def _bench_train(args):
@@ -288,6 +300,128 @@ def add_bench_train(sub):
     bt.add_argument('--epochs', type=int, default=None, help="override the recipe's epochs (for a quick look)")
     bt.add_argument('--gtsdb', type=Path, default=None, help="GTSDB folder for the recipe's 'not a traffic sign' crops (default: the download folder)")
     bt.set_defaults(run=_bench_train)
+
+# %% ../nbs/10_cli.ipynb #5417e08b
+def format_detections(records:list[dict], # `detection_records`
+                     ) -> str:
+    "`detection_records` as readable lines: one per photo, then one per sign found."
+    lines = []
+    for r in records:
+        if 'error' in r: lines.append(f"{r['path']}: ERROR: {r['error']}"); continue
+        lines.append(f"{r['path']} ({r['width']}x{r['height']}): {len(r['signs'])} sign{'s' * (len(r['signs']) != 1)}")
+        lines += [f"  {n}. {s['name']} ({s['probability']:.0%}), box {s['box']}, score {s['score']:.2f}" for n, s in enumerate(r['signs'], 1)]
+    return '\n'.join(lines)
+
+def write_drawn(records:list[dict], # `detection_records` of image files
+                out, # folder to write to (created)
+               ) -> list[Path]:
+    "Write each photo with its signs drawn (`draw_detections`) to `out` as NAME.boxes.jpg (a number added for repeated names); return the files."
+    from gtsr.detect import SignDetection, draw_detections
+    out = Path(out); out.mkdir(parents=True, exist_ok=True)
+    written, taken = [], set()
+    for r in records:
+        if 'error' in r: continue
+        stem, n = Path(r['path']).stem, 1
+        while (name := f"{stem}{'-' + str(n) if n > 1 else ''}.boxes.jpg") in taken: n += 1
+        taken.add(name)
+        drawn = draw_detections(r['path'], [SignDetection(**s, predictions=[]) for s in r['signs']])
+        tmp = out/f'.{name}.partial'
+        drawn.save(tmp, 'JPEG', quality=90); os.replace(tmp, out/name)
+        written.append(out/name)
+    return written
+
+def _detect(args):
+    import json
+    from gtsr.detect import Detector, detection_records
+    records = detection_records(Detector.load(args.detector, args.model, args.backend), expand_inputs(args.paths))
+    print(json.dumps(records, indent=1) if args.json else format_detections(records))
+    if args.out:
+        written = write_drawn(records, args.out)
+        print(f"wrote {len(written)} photo{'s' * (len(written) != 1)} with boxes to {args.out}", file=sys.stderr)
+    failed = sum('error' in r for r in records)
+    if failed: print(f"{failed} of {len(records)} files could not be read", file=sys.stderr)
+    return 2 if failed else 0
+
+def add_detector_options(parser, # a sub-command's parser
+                        ):
+    "--detector, --model and --backend: the finder and the classifier that names what it finds."
+    parser.add_argument('--detector', type=Path, default=None, help='finder ONNX file (default: $GTSR_DETECTOR or the shipped detector)')
+    parser.add_argument('--model', type=Path, default=None, help='classifier that names the signs (default: the shipped model)')
+    parser.add_argument('--backend', choices=BACKENDS, default='onnx-int8', help="the classifier's backend (default onnx-int8)")
+
+@command
+def add_detect(sub):
+    "The options of `gtsr detect`."
+    d = sub.add_parser('detect', help='find and name the traffic signs in road photos')
+    d.add_argument('paths', nargs='+', help='image files, folders or glob patterns')
+    d.add_argument('--json', action='store_true', help='JSON output: one object per file')
+    d.add_argument('--out', type=Path, default=None, help='folder to write each photo with its signs boxed and named')
+    add_detector_options(d)
+    d.set_defaults(run=_detect)
+
+# %% ../nbs/10_cli.ipynb #ac9bea5d
+def _train_detector(args):
+    from gtsr.detect import train_detector
+    path = train_detector(args.data, args.out, args.model, args.backend, args.gtsrb, steps=args.steps, arch=args.arch, pretrained=args.pretrained)
+    print(f"wrote {path}")
+
+def add_finder_options(parser, # a sub-command's parser
+                      ):
+    "The recipe options of a finder's training: --steps, --arch, --pretrained/--no-pretrained."
+    from gtsr.model import FINDER_ARCHS
+    parser.add_argument('--steps', type=int, default=3000, help='optimiser steps of 16 crops (default 3000)')
+    parser.add_argument('--arch', choices=FINDER_ARCHS, default='signfinder', help='finder trunk (default signfinder)')
+    parser.add_argument('--pretrained', action=argparse.BooleanOptionalAction, default=None,
+                        help='start resnet18 from ImageNet weights (default: yes for resnet18; signfinder has none)')
+    parser.add_argument('--gtsrb', type=Path, default=None, help="GTSRB folder: 8,000 of its training images are added to the verifier's signs")
+
+@command
+def add_train_detector(sub):
+    "The options of `gtsr train-detector`."
+    t = sub.add_parser('train-detector', help="train the sign finder on GTSDB's training scenes; pick its threshold on the validation scenes")
+    t.add_argument('--data', type=Path, default=None, help='extracted GTSDB folder (default: the download folder)')
+    t.add_argument('--out', type=Path, required=True, help='ONNX file to write (a manifest.json beside it lists it)')
+    t.add_argument('--model', type=Path, default=None, help='classifier that names the signs (default: the shipped model)')
+    t.add_argument('--backend', choices=BACKENDS, default='onnx-int8', help="the classifier's backend (default onnx-int8)")
+    add_finder_options(t)
+    t.set_defaults(run=_train_detector)
+
+def _evaluate_detector(args):
+    import json
+    from gtsr.detect import Detector, evaluate_detector
+    metrics = evaluate_detector(args.data, Detector.load(args.detector, args.model, args.backend), args.out, args.side)
+    print(json.dumps(metrics, indent=1))
+    if args.out: print(f"figures and metrics.json in {args.out}", file=sys.stderr)
+
+@command
+def add_evaluate_detector(sub):
+    "The options of `gtsr evaluate-detector`."
+    e = sub.add_parser('evaluate-detector', help='recall, precision, AP, recall by size, false alarms and speed on GTSDB scenes')
+    e.add_argument('--data', type=Path, default=None, help='extracted GTSDB folder (default: the download folder)')
+    e.add_argument('--side', choices=['valid', 'train'], default='valid', help='validation scenes (default) or training scenes')
+    e.add_argument('--out', type=Path, default=None, help='folder for metrics.json, the precision-recall curve and the missed/false-alarm tiles')
+    add_detector_options(e)
+    e.set_defaults(run=_evaluate_detector)
+
+def _bench_detector(args):
+    from gtsr.detect import benchmark_detector_training
+    b = benchmark_detector_training(args.data, args.out, gtsrb=args.gtsrb, steps=args.steps, arch=args.arch, pretrained=args.pretrained)
+    m = b['metrics']
+    print(f"recipe: {b['recipe']}")
+    print(f"wall time {b['train_seconds'] / 60:.1f} min training ({b['total_seconds'] / 60:.1f} min with threshold and evaluation), "
+          f"peak memory {b['peak_memory_mb']:,} MB")
+    print(f"validation ({m['scenes']} scenes, {m['signs']} signs): recall {m['recall']:.1%} (any name {m['recall_any_name']:.1%}), "
+          f"precision {m['precision']:.1%} (any name {m['precision_any_name']:.1%}), AP {m['ap']:.3f} (any name {m['ap_any_name']:.3f}), "
+          f"{m['false_alarms_per_scene']:.2f} false alarms per scene, median {m['median_seconds']:.2f} s per scene")
+
+@command
+def add_bench_detector(sub):
+    "The options of `gtsr bench-detector`."
+    b = sub.add_parser('bench-detector', help='retrain the shipped detector; print wall time, peak memory and validation figures')
+    b.add_argument('--data', type=Path, default=None, help='extracted GTSDB folder (default: the download folder)')
+    b.add_argument('--out', type=Path, default=Path('runs/bench-detector'), help='folder for the run (default: runs/bench-detector)')
+    add_finder_options(b)
+    b.set_defaults(run=_bench_detector)
 
 # %% ../nbs/10_cli.ipynb #47cfba95
 def _serve(args):

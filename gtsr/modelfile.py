@@ -49,6 +49,10 @@ class ManifestEntry(TypedDict):
     confidence_threshold: NotRequired[float] # top probability below which the app and the API say "not sure"
     temperature: NotRequired[float] # calibration: log-probabilities are divided by it before the softmax (an ONNX file holds it already)
     calibration_images: NotRequired[int] # training images used to calibrate an INT8 ONNX file
+    min_score: NotRequired[float] # a detector's reporting threshold, chosen on validation scenes
+    recipe: NotRequired[dict] # a detector's training options
+    train_scenes: NotRequired[int] # scenes a detector trained on
+    train_seconds: NotRequired[float] # wall time of a detector's training
 
 # %% ../nbs/06_modelfile.ipynb #63031a76
 def record_in_manifest(path, # a model file

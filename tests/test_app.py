@@ -63,6 +63,13 @@ def known_sign(real, tmp_path) -> tuple[Path, str|None]:
     out = tmp_path/'sign.png'; img.convert('RGB').save(out)
     return out, name
 
+def open_app(browser, app_url):
+    "A new 1200x900 page with the app loaded (its upload button shown)."
+    page = browser.new_page(viewport={'width': 1200, 'height': 900})
+    page.goto(app_url, timeout=120_000)
+    page.wait_for_selector('button.widget-upload', timeout=120_000)
+    return page
+
 def upload(page, files):
     with page.expect_file_chooser() as fc: page.click('button.widget-upload')
     fc.value.set_files([str(f) for f in files])
@@ -71,9 +78,7 @@ def test_app_classifies_an_upload_in_chromium(browser, app_url, optional_real_da
     ARTIFACTS.mkdir(exist_ok=True)
     sign, name = known_sign(optional_real_data, tmp_path)
     junk = tmp_path/'notes.txt'; junk.write_text('this is not a picture')
-    page = browser.new_page(viewport={'width': 1200, 'height': 900})
-    page.goto(app_url, timeout=120_000)
-    page.wait_for_selector('button.widget-upload', timeout=120_000)
+    page = open_app(browser, app_url)
     start = time.time()
     upload(page, [sign, junk])
     page.wait_for_selector('.gtsr-prediction', timeout=60_000)
@@ -92,9 +97,7 @@ def test_app_classifies_an_upload_in_chromium(browser, app_url, optional_real_da
 def test_gradcam_switched_on_loads_the_learner_and_shows_the_overlay(browser, app_url, optional_real_data, tmp_path):
     "The page predicts on ONNX; switching Grad-CAM on loads the fastai learner in the kernel and adds the overlay."
     sign, _ = known_sign(optional_real_data, tmp_path)
-    page = browser.new_page(viewport={'width': 1200, 'height': 900})
-    page.goto(app_url, timeout=120_000)
-    page.wait_for_selector('button.widget-upload', timeout=120_000)
+    page = open_app(browser, app_url)
     upload(page, [sign])
     page.wait_for_selector('.gtsr-prediction', timeout=60_000)
     prediction = page.inner_text('.gtsr-prediction')
@@ -112,38 +115,65 @@ def test_app_survives_a_huge_and_a_corrupt_upload(browser, app_url, tmp_path):
     assert big.stat().st_size > 10 * 1024 * 1024
     good = io.BytesIO(); Image.new('RGB', (64, 64), 'red').save(good, 'PNG')
     broken = tmp_path/'broken.png'; broken.write_bytes(good.getvalue()[:60])
-    page = browser.new_page(viewport={'width': 1200, 'height': 900})
-    page.goto(app_url, timeout=120_000)
-    page.wait_for_selector('button.widget-upload', timeout=120_000)
+    page = open_app(browser, app_url)
     upload(page, [big, broken])
     page.wait_for_selector('.gtsr-prediction', timeout=120_000)
     assert 'broken.png' in page.inner_text('.gtsr-error')
     page.close()
 
-def real_background(tmp_path) -> Path:
-    "A 96 px square of a GTSDB validation scene with no sign in it, saved as PNG (skips when the GTSDB mirror is absent)."
-    from gtsr.data import background_boxes, gtsdb_scenes, gtsdb_split, load_gtsdb
+@pytest.fixture(scope='module')
+def real_gtsdb(tmp_path_factory):
+    "The real GTSDB training scenes, extracted once from the mirror (skips when the mirror is absent)."
     from gtsr.download import download_gtsdb
     mirror = Path(os.environ.get('GTSR_GTSDB_MIRROR', ROOT.parent/'shared'/'gtsdb'))
     if not (mirror/'TrainIJCNN2013.zip').is_file(): pytest.skip(f"needs the real GTSDB scenes: no mirror at {mirror} (set GTSR_GTSDB_MIRROR)")
-    folder = download_gtsdb(tmp_path/'gtsdb', mirror=mirror, quiet=True)
+    return download_gtsdb(tmp_path_factory.mktemp('gtsdb')/'gtsdb', mirror=mirror, quiet=True)
+
+def real_background(folder, tmp_path) -> Path:
+    "A 96 px square of a GTSDB validation scene with no sign in it, saved as PNG."
+    from gtsr.data import background_boxes, gtsdb_scenes, gtsdb_split, load_gtsdb
     signs, (_, valid) = load_gtsdb(folder), gtsdb_split(gtsdb_scenes(folder))
     box = background_boxes(valid.iloc[:1], signs, per_scene=1, sizes=(96, 97), seed=3).iloc[0]
     out = tmp_path/'road.png'
     Image.open(box.path).crop((box.x1, box.y1, box.x2 + 1, box.y2 + 1)).save(out)
     return out
 
-def test_app_tells_a_real_sign_from_a_real_road_scene(browser, app_url, optional_real_data, tmp_path):
-    "A real GTSRB stop sign is named in green; a sign-free square of a real GTSDB road scene is 'Not a traffic sign', without guesses."
+def test_app_tells_a_real_sign_from_a_real_road_scene(browser, app_url, optional_real_data, real_gtsdb, tmp_path):
+    "A real GTSRB stop sign is named in green; a sign-free square of a real GTSDB road scene is 'No traffic sign found', without guesses."
     if not optional_real_data: pytest.skip(f"needs the real GTSRB test images (mirror at {ROOT.parent/'shared'/'gtsrb'})")
     sign, name = known_sign(optional_real_data, tmp_path)
-    road = real_background(tmp_path)
-    page = browser.new_page(viewport={'width': 1200, 'height': 900})
-    page.goto(app_url, timeout=120_000)
-    page.wait_for_selector('button.widget-upload', timeout=120_000)
+    road = real_background(real_gtsdb, tmp_path)
+    page = open_app(browser, app_url)
     upload(page, [sign, road])
     page.wait_for_function("document.querySelectorAll('.gtsr-prediction').length == 2", timeout=60_000)
     assert name in page.inner_text('.gtsr-sign')
-    assert 'Not a traffic sign' in page.inner_text('.gtsr-not-a-sign')
+    assert 'No traffic sign found' in page.inner_text('.gtsr-not-a-sign')
     assert page.locator('.gtsr-top5').count() == 1, "guesses are shown for the sign only"
+    page.close()
+
+def test_app_boxes_and_names_the_signs_of_a_real_road_photo(browser, app_url, real_gtsdb, tmp_path):
+    """A real validation scene (the first with one sign at least 40 px wide): its sign is boxed and named; the first
+    sign-free validation scene says 'No traffic sign found'; a 12-megapixel version of the scene is answered too."""
+    from gtsr.data import gtsdb_scenes, gtsdb_split, load_gtsdb
+    ARTIFACTS.mkdir(exist_ok=True)
+    signs, (_, valid) = load_gtsdb(real_gtsdb), gtsdb_split(gtsdb_scenes(real_gtsdb))
+    one = signs[signs.path.isin(valid.query('signs == 1').path) & (signs.x2 - signs.x1 >= 40)].sort_values('path').iloc[0]
+    empty = valid.query('signs == 0').path.sort_values().iloc[0]
+    scene, free, big = tmp_path/'scene.jpg', tmp_path/'empty.jpg', tmp_path/'phone.jpg'
+    shutil.copy(one.path, scene); shutil.copy(empty, free)
+    photo = Image.open(one.path)
+    photo.resize((4600, round(4600 * photo.height / photo.width)), Image.Resampling.BICUBIC).save(big, quality=92)
+    page = open_app(browser, app_url)
+    upload(page, [scene, free])
+    page.wait_for_function("document.querySelectorAll('.gtsr-scene').length == 1 && document.querySelectorAll('.gtsr-not-a-sign').length == 1", timeout=60_000)
+    assert '1 traffic sign' in page.inner_text('.gtsr-scene')
+    assert one['name'] in page.inner_text('.gtsr-sign'), (one['name'], page.inner_text('.gtsr-sign'))
+    assert 'No traffic sign found' in page.inner_text('.gtsr-not-a-sign')
+    page.screenshot(path=str(ARTIFACTS/'app-scene.png'), full_page=True)
+    page.reload(); page.wait_for_selector('button.widget-upload', timeout=120_000)
+    start = time.time()
+    upload(page, [big])
+    page.wait_for_selector('.gtsr-scene', timeout=60_000)
+    print(f"12-megapixel photo ({big.stat().st_size / 1e6:.1f} MB) answered {time.time() - start:.2f} s after the upload")
+    assert one['name'] in page.inner_text('.gtsr-sign')
     page.close()

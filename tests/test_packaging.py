@@ -24,7 +24,7 @@ def test_wheel_installs_and_runs_predict_and_app(tmp_path):
     wheel, = (tmp_path/'dist').glob('gtsr-*.whl')
     import zipfile
     names = zipfile.ZipFile(wheel).namelist()
-    assert {'gtsr/app.ipynb', 'gtsr/models/model.pkl', 'gtsr/models/manifest.json', 'gtsr/models/model-int8.onnx'} <= set(names)
+    assert {'gtsr/app.ipynb', 'gtsr/models/model.pkl', 'gtsr/models/manifest.json', 'gtsr/models/model-int8.onnx', 'gtsr/models/detector.onnx', 'gtsr/models/detector-verifier.onnx'} <= set(names)
     venv = tmp_path/'fresh'
     subprocess.run([sys.executable, '-m', 'venv', '--without-pip', venv], check=True, timeout=120)
     site, = venv.glob('lib/python3*/site-packages')

@@ -1,0 +1,75 @@
+"`gtsr train-detector`, `gtsr detect` and `gtsr evaluate-detector` end to end: on drawn scenes, and with the shipped detector on real GTSDB scenes."
+import json, os
+from pathlib import Path
+import pytest
+from PIL import Image
+from conftest import ROOT, run_gtsr
+
+GTSDB_MIRROR = Path(os.environ.get('GTSR_GTSDB_MIRROR', ROOT.parent/'shared'/'gtsdb'))
+
+@pytest.fixture(scope='module')
+def real_gtsdb(tmp_path_factory):
+    "The real GTSDB training scenes, extracted from the mirror by `gtsr download` (skips when the mirror is absent)."
+    if not (GTSDB_MIRROR/'TrainIJCNN2013.zip').is_file(): pytest.skip(f"needs the real GTSDB scenes: no mirror at {GTSDB_MIRROR} (set GTSR_GTSDB_MIRROR)")
+    dest = tmp_path_factory.mktemp('gtsdb')/'gtsdb'
+    r = run_gtsr('download', '--dataset', 'gtsdb', '--mirror', GTSDB_MIRROR, '--dest', dest, '--quiet')
+    assert r.returncode == 0, r.stderr[-2000:]
+    return dest
+
+def test_train_detector_writes_finder_verifier_and_threshold(tmp_path):
+    "A short training on drawn scenes writes both ONNX files, listed with their sha256, and a threshold; detect then reads them."
+    from gtsr.synthetic import make_synthetic_gtsdb
+    from gtsr.data import file_digest
+    scenes = make_synthetic_gtsdb(tmp_path/'gtsdb', scenes=10, sign_free=2, size=(680, 400))
+    out = tmp_path/'models'/'detector.onnx'
+    r = run_gtsr('train-detector', '--data', scenes, '--out', out, '--steps', '40')
+    assert r.returncode == 0, r.stderr[-3000:]
+    manifest = json.loads((out.parent/'manifest.json').read_text())
+    finder, verifier = manifest['detector.onnx'], manifest['detector-verifier.onnx']
+    assert finder['sha256'] == file_digest(out) and verifier['sha256'] == file_digest(out.parent/'detector-verifier.onnx')
+    assert finder['verifier'] == 'detector-verifier.onnx' and 0 <= finder['min_score'] <= 1 and finder['recipe']['steps'] == 40
+    r = run_gtsr('detect', '--json', '--detector', out, *sorted((scenes/'TrainIJCNN2013').glob('*.ppm'))[:2])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert [set(x) for x in json.loads(r.stdout)] == [{'path', 'width', 'height', 'signs'}] * 2
+
+def test_detect_refuses_a_changed_detector(tmp_path):
+    "A finder whose bytes differ from its manifest's sha256 is not loaded."
+    from gtsr.modelfile import SHIPPED_MODELS
+    import shutil
+    for name in ('detector.onnx', 'detector-verifier.onnx', 'manifest.json'): shutil.copy(SHIPPED_MODELS/name, tmp_path/name)
+    with open(tmp_path/'detector.onnx', 'ab') as f: f.write(b'\0')
+    scene = tmp_path/'scene.png'; Image.new('RGB', (200, 100), 'gray').save(scene)
+    r = run_gtsr('detect', '--detector', tmp_path/'detector.onnx', scene)
+    assert r.returncode == 1 and 'does not match its checksum' in r.stderr
+
+def test_shipped_detector_finds_and_names_real_signs(real_gtsdb, tmp_path):
+    "`gtsr detect` on real validation scenes: most signs boxed (IoU >= 0.5) with the right name, boxes drawn with --out."
+    from gtsr.data import gtsdb_scenes, gtsdb_split, load_gtsdb
+    from gtsr.detect import box_iou
+    signs, (_, valid) = load_gtsdb(real_gtsdb), gtsdb_split(gtsdb_scenes(real_gtsdb))
+    paths = list(valid.query('signs > 0').path[:12])
+    r = run_gtsr('detect', '--json', '--out', tmp_path/'drawn', *paths)
+    assert r.returncode == 0, r.stderr[-3000:]
+    found = named = total = 0
+    for record in json.loads(r.stdout):
+        assert (record['width'], record['height']) == (1360, 800)
+        truth = signs[signs.path == record['path']]
+        boxes = [s['box'] for s in record['signs']]
+        for t in truth.itertuples():
+            total += 1
+            if not boxes: continue
+            overlaps = box_iou([[t.x1, t.y1, t.x2 + 1, t.y2 + 1]], boxes)[0]
+            if overlaps.max() >= 0.5:
+                found += 1; named += record['signs'][int(overlaps.argmax())]['class_id'] == t.class_id
+    print(f"{named} of {total} signs in {len(paths)} validation scenes found with the right name ({found} found)")
+    assert named >= 0.85 * total
+    assert len(list((tmp_path/'drawn').glob('*.boxes.jpg'))) == len(paths)
+
+def test_evaluate_detector_on_the_real_validation_scenes(real_gtsdb, tmp_path):
+    "`gtsr evaluate-detector` prints the metrics and writes the figures; the shipped detector's figures stay near the model card's."
+    r = run_gtsr('evaluate-detector', '--data', real_gtsdb, '--out', tmp_path/'eval')
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = json.loads(r.stdout)
+    assert (m['scenes'], m['signs']) == (120, 172)
+    assert (tmp_path/'eval'/'precision_recall.png').is_file() and (tmp_path/'eval'/'metrics.json').is_file()
+    assert m['recall'] >= 0.9 and m['precision'] >= 0.9 and m['ap'] >= 0.8, m
