@@ -41,7 +41,8 @@ def app_detector(path=None, # finder ONNX file; default `$GTSR_DETECTOR` or the 
                 ) -> Detector|None:
     "The app's detector, loaded once per kernel, naming signs with `app_classifier(model)`; None if there is no detector file."
     path = Path(path or default_detector_path())
-    return Detector.load(path, classifier=app_classifier(model)) if path.is_file() else None
+    clf = app_classifier() if model is None else app_classifier(model) # the same cache entry as the page's app_classifier()
+    return Detector.load(path, classifier=clf) if path.is_file() else None
 
 @functools.cache
 def reference_pictures(data=None, # a downloaded GTSRB folder; default `$GTSR_DATA` or the download folder

@@ -65,6 +65,7 @@ def record_in_manifest(path, # a model file
     manifest[path.name] = entry = dict(sha256=file_digest(path), bytes=path.stat().st_size, **fields)
     with tempfile.NamedTemporaryFile('w', dir=path.parent, prefix='.manifest-', suffix='.partial', delete=False) as f:
         f.write(json.dumps(manifest, indent=1) + '\n')
+    os.chmod(f.name, 0o644) # a temporary file is private; the manifest is read by everyone who may load the model
     os.replace(f.name, manifest_path)
     return entry
 
