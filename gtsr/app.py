@@ -6,7 +6,8 @@ Docs: https://gtsr.github.io/gtsr/app.html.md"""
 
 # %% auto #0
 __all__ = ['VERDICT_COLOURS', 'APP_NOTEBOOK', 'MAX_UPLOAD_BYTES', 'app_classifier', 'gradcam_classifier', 'app_detector',
-           'reference_pictures', 'top5_chart', 'error_card', 'scene_card', 'classify_upload', 'voila_command', 'serve']
+           'reference_pictures', 'top5_chart', 'error_card', 'is_close_up', 'scene_card', 'classify_upload',
+           'voila_command', 'serve']
 
 # %% ../nbs/11_app.ipynb #5a53f854
 import functools, html, io, os, subprocess, sys
@@ -83,6 +84,13 @@ def error_card(name:str, # what failed: a file's name, 'model', 'Grad-CAM'
 
 VERDICT_COLOURS = {'sign': '#2e7d32', 'not_sure': '#a0522d', 'not_a_sign': '#5f6b7a'} # green, sienna, slate
 
+def is_close_up(image:Image.Image, # the photo
+                detections:list[SignDetection], # the signs found in it
+               ) -> bool:
+    "Whether the photo is mostly one sign: its largest found box covers at least a quarter of it (then it is classified whole)."
+    largest = max((d.box[2] - d.box[0]) * (d.box[3] - d.box[1]) for d in detections)
+    return largest >= 0.25 * image.width * image.height
+
 def scene_card(name:str, # the uploaded file's name
                image:Image.Image, # the photo
                detections:list[SignDetection], # the signs `Detector.detect` found in it
@@ -92,7 +100,7 @@ def scene_card(name:str, # the uploaded file's name
     n = len(detections)
     header = widgets.HTML(f"<div class='gtsr-scene' style='font-size:16px;margin:4px 0'><b>{n} traffic sign{'s' * (n != 1)}</b> found in "
                           f"{html.escape(name)}</div>")
-    photo = widgets.Image(value=_png(draw_detections(image, detections), 900, 'JPEG'), format='jpeg', layout=widgets.Layout(max_width='100%'))
+    photo = widgets.Image(value=_png(draw_detections(image, detections), 760, 'JPEG'), format='jpeg', layout=widgets.Layout(max_width='100%'))
     rows = []
     for k, d in enumerate(detections, 1):
         pictures = [widgets.Image(value=_png(image.crop(tuple(round(v) for v in _widened(d.box, CROP_MARGIN))), 96), format='png')]
@@ -115,7 +123,7 @@ def classify_upload(name:str, # the uploaded file's name
     try: image = read_image(bytes(content))
     except ImageError as e: return error_card(name, 'could not classify this file: ' + str(e).split(': ', 1)[-1])
     found = detector.detect(image) if detector is not None else []
-    if found: return scene_card(name, image, found, references)
+    if found and not is_close_up(image, found): return scene_card(name, image, found, references)
     record = prediction_records(clf, [image], [name], topk=5)[0]
     predictions = [Prediction(**p) for p in record['predictions']]
     best, kind = predictions[0], record['verdict']

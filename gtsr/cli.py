@@ -271,7 +271,7 @@ def _bench(args):
         scenes = list(gtsdb_split(gtsdb_scenes(args.gtsdb))[1].path[:20])
     b = benchmark_detector(Detector.load(threads=args.threads), scenes)
     print(f"detector: median {b['median_seconds']:.3f} s, 90th percentile {b['p90_seconds']:.3f} s per {b['size']} photo "
-          f"({b['photos']} {'validation scenes' if scenes else 'drawn scenes'}, decoded; finder and INT8 classifier)")
+          f"({b['photos']} {'validation scenes' if scenes else 'drawn scenes'}, decoded; finder, verifier and INT8 classifier)")
 
 @command
 def add_bench(sub):
@@ -369,7 +369,7 @@ def add_finder_options(parser, # a sub-command's parser
                       ):
     "The recipe options of a finder's training: --steps, --arch, --pretrained/--no-pretrained."
     from gtsr.model import FINDER_ARCHS
-    parser.add_argument('--steps', type=int, default=3000, help='optimiser steps of 16 crops (default 3000)')
+    parser.add_argument('--steps', type=int, default=9000, help="optimiser steps of 16 crops (default 9000, the shipped detector's)")
     parser.add_argument('--arch', choices=FINDER_ARCHS, default='signfinder', help='finder trunk (default signfinder)')
     parser.add_argument('--pretrained', action=argparse.BooleanOptionalAction, default=None,
                         help='start resnet18 from ImageNet weights (default: yes for resnet18; signfinder has none)')

@@ -50,6 +50,7 @@ class ManifestEntry(TypedDict):
     temperature: NotRequired[float] # calibration: log-probabilities are divided by it before the softmax (an ONNX file holds it already)
     calibration_images: NotRequired[int] # training images used to calibrate an INT8 ONNX file
     min_score: NotRequired[float] # a detector's reporting threshold, chosen on validation scenes
+    zooms: NotRequired[list] # the scales a detector's finder looks at a photo
     recipe: NotRequired[dict] # a detector's training options
     train_scenes: NotRequired[int] # scenes a detector trained on
     train_seconds: NotRequired[float] # wall time of a detector's training

@@ -169,6 +169,7 @@ def test_app_boxes_and_names_the_signs_of_a_real_road_photo(browser, app_url, re
     assert '1 traffic sign' in page.inner_text('.gtsr-scene')
     assert one['name'] in page.inner_text('.gtsr-sign'), (one['name'], page.inner_text('.gtsr-sign'))
     assert 'No traffic sign found' in page.inner_text('.gtsr-not-a-sign')
+    page.set_viewport_size({'width': 1000, 'height': 1000})
     page.screenshot(path=str(ARTIFACTS/'app-scene.png'), full_page=True)
     page.reload(); page.wait_for_selector('button.widget-upload', timeout=120_000)
     start = time.time()
