@@ -15,7 +15,7 @@ __all__ = ['COMMANDS', 'IMAGE_SUFFIXES', 'command', 'build_parser', 'main', 'add
 # %% ../nbs/10_cli.ipynb #cb9802ec
 import argparse, os, sys
 from pathlib import Path
-from .config import TrainConfig
+from .config import FINDER_ARCHS, TrainConfig
 from .data import GtsrError, default_data_dir
 from .modelfile import BACKENDS
 
@@ -368,7 +368,6 @@ def _train_detector(args):
 def add_finder_options(parser, # a sub-command's parser
                       ):
     "The recipe options of a finder's training: --steps, --arch, --pretrained/--no-pretrained."
-    from gtsr.model import FINDER_ARCHS
     parser.add_argument('--steps', type=int, default=9000, help="optimiser steps of 16 crops (default 9000, the shipped detector's)")
     parser.add_argument('--arch', choices=FINDER_ARCHS, default='signfinder', help='finder trunk (default signfinder)')
     parser.add_argument('--pretrained', action=argparse.BooleanOptionalAction, default=None,

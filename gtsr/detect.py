@@ -407,7 +407,7 @@ def average_precision(found:list[list[SignDetection]], # per scene, what the det
     "COCO-style average precision at IoU 0.5 (torchmetrics `MeanAveragePrecision`)."
     import torch
     from torchmetrics.detection import MeanAveragePrecision
-    label = (lambda c: torch.as_tensor(np.asarray(c, dtype=np.int64))) if named else (lambda c: torch.zeros(len(c), dtype=torch.int64))
+    label = (lambda c: torch.from_numpy(np.array(c, dtype=np.int64))) if named else (lambda c: torch.zeros(len(c), dtype=torch.int64))
     metric = MeanAveragePrecision(box_format='xyxy', iou_thresholds=[0.5], backend='pycocotools')
     metric.update([dict(boxes=torch.tensor([x.box for x in ds], dtype=torch.float32).reshape(-1, 4),
                         scores=torch.tensor([x.score for x in ds], dtype=torch.float32), labels=label([x.class_id for x in ds])) for ds in found],

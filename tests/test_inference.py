@@ -89,10 +89,11 @@ def test_predict_table_json_csv_and_exit_codes(tiny_model, sign, tmp_path):
     assert r.returncode == 2 and 'ERROR' in r.stdout and 'a.ppm' in r.stdout
 
 def test_onnx_path_imports_neither_torch_nor_fastai(sign):
-    "`gtsr predict`, the app's classifier and the API on ONNX, in a fresh interpreter: no torch, fastai or torchvision."
-    code = ("import sys\nfrom gtsr.cli import main\nfrom gtsr.app import app_classifier, classify_upload\nfrom gtsr.serve import create_app\n"
+    "`gtsr predict`, `gtsr detect`, the app (classifier and detector) and the API on ONNX, in a fresh interpreter: no torch, fastai or torchvision."
+    code = ("import sys\nfrom gtsr.cli import main\nfrom gtsr.app import app_classifier, app_detector, classify_upload\nfrom gtsr.serve import create_app\n"
             f"for backend in ('onnx', 'onnx-int8'): assert main(['predict', '--backend', backend, {str(sign)!r}]) == 0\n"
-            f"classify_upload('sign', open({str(sign)!r}, 'rb').read(), app_classifier()); create_app()\n"
+            f"assert main(['detect', {str(sign)!r}]) == 0\n"
+            f"classify_upload('sign', open({str(sign)!r}, 'rb').read(), app_classifier(), detector=app_detector()); create_app()\n"
             "print(sorted(m for m in ('torch', 'fastai', 'torchvision') if m in sys.modules))")
     r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
