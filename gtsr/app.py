@@ -14,7 +14,7 @@ import functools, html, io, os, subprocess, sys
 from pathlib import Path
 import ipywidgets as widgets
 from PIL import Image
-from .data import DatasetError, ImageError, _widened, default_data_dir, load_gtsrb, read_image, reference_images
+from .data import DatasetError, ImageError, default_data_dir, load_gtsrb, read_image, reference_images, widened_crop
 from .inference import Classifier, Prediction, gradcam_overlay, prediction_records
 from .detect import CROP_MARGIN, Detector, SignDetection, default_detector_path, draw_detections
 from .modelfile import ModelError, backend_file, default_model_path, verify_model
@@ -103,7 +103,7 @@ def scene_card(name:str, # the uploaded file's name
     photo = widgets.Image(value=_png(draw_detections(image, detections), 760, 'JPEG'), format='jpeg', layout=widgets.Layout(max_width='100%'))
     rows = []
     for k, d in enumerate(detections, 1):
-        pictures = [widgets.Image(value=_png(image.crop(tuple(round(v) for v in _widened(d.box, CROP_MARGIN))), 96), format='png')]
+        pictures = [widgets.Image(value=_png(widened_crop(image, d.box, CROP_MARGIN), 96), format='png')]
         ref = (references or {}).get(d.class_id)
         if ref: pictures.append(widgets.Image(value=_png(read_image(ref), 96), format='png'))
         answer = (f"<div class='gtsr-prediction gtsr-sign' style='border-left:5px solid {VERDICT_COLOURS['sign']};padding:2px 8px;margin-bottom:4px;"

@@ -8,9 +8,9 @@ Docs: https://gtsr.github.io/gtsr/cli.html.md"""
 __all__ = ['COMMANDS', 'IMAGE_SUFFIXES', 'command', 'build_parser', 'main', 'add_download', 'add_config_options', 'config_from',
            'add_train', 'add_model_options', 'add_evaluate', 'add_calibrate', 'expand_inputs', 'predict_files',
            'format_results', 'add_predict', 'add_export', 'markdown_table', 'add_bench', 'add_bench_train',
-           'format_detections', 'write_drawn', 'add_detector_options', 'add_detect', 'add_finder_options',
-           'add_train_detector', 'add_evaluate_detector', 'add_bench_detector', 'add_serve', 'add_bench_serve',
-           'add_app']
+           'format_detections', 'write_drawn', 'add_namer_options', 'add_detector_options', 'add_detect',
+           'add_finder_options', 'add_train_detector', 'add_evaluate_detector', 'add_bench_detector', 'add_serve',
+           'add_bench_serve', 'add_app']
 
 # %% ../nbs/10_cli.ipynb #cb9802ec
 import argparse, os, sys
@@ -342,12 +342,17 @@ def _detect(args):
     if failed: print(f"{failed} of {len(records)} files could not be read", file=sys.stderr)
     return 2 if failed else 0
 
+def add_namer_options(parser, # a sub-command's parser
+                     ):
+    "--model and --backend: the classifier that names what the finder finds."
+    parser.add_argument('--model', type=Path, default=None, help='classifier that names the signs (default: the shipped model)')
+    parser.add_argument('--backend', choices=BACKENDS, default='onnx-int8', help="the classifier's backend (default onnx-int8)")
+
 def add_detector_options(parser, # a sub-command's parser
                         ):
     "--detector, --model and --backend: the finder and the classifier that names what it finds."
     parser.add_argument('--detector', type=Path, default=None, help='finder ONNX file (default: $GTSR_DETECTOR or the shipped detector)')
-    parser.add_argument('--model', type=Path, default=None, help='classifier that names the signs (default: the shipped model)')
-    parser.add_argument('--backend', choices=BACKENDS, default='onnx-int8', help="the classifier's backend (default onnx-int8)")
+    add_namer_options(parser)
 
 @command
 def add_detect(sub):
@@ -380,8 +385,7 @@ def add_train_detector(sub):
     t = sub.add_parser('train-detector', help="train the sign finder on GTSDB's training scenes; pick its threshold on the validation scenes")
     t.add_argument('--data', type=Path, default=None, help='extracted GTSDB folder (default: the download folder)')
     t.add_argument('--out', type=Path, required=True, help='ONNX file to write (a manifest.json beside it lists it)')
-    t.add_argument('--model', type=Path, default=None, help='classifier that names the signs (default: the shipped model)')
-    t.add_argument('--backend', choices=BACKENDS, default='onnx-int8', help="the classifier's backend (default onnx-int8)")
+    add_namer_options(t)
     add_finder_options(t)
     t.set_defaults(run=_train_detector)
 

@@ -9,7 +9,7 @@ __all__ = ['CLASS_NAMES', 'N_CLASSES', 'DATA_DIR_VARIABLES', 'COLUMNS', 'MAX_PIX
            'NOT_A_SIGN', 'default_data_dir', 'file_digest', 'GtsrError', 'DatasetError', 'track_id', 'load_gtsrb',
            'track_split', 'ImageError', 'read_image', 'to_model_array', 'default_cache_dir', 'image_cache',
            'reference_images', 'gtsdb_folder', 'load_gtsdb', 'gtsdb_scenes', 'gtsdb_split', 'background_boxes',
-           'scene_crops', 'gtsdb_crops']
+           'widened_crop', 'box_crops', 'scene_crops', 'gtsdb_crops']
 
 # %% ../nbs/00_data.ipynb #6a6d0160
 import os
@@ -374,10 +374,24 @@ def background_boxes(scenes:pd.DataFrame, # `gtsdb_scenes` rows to draw from
                 rows.append((path, *box, N_CLASSES, NOT_A_SIGN)); found += 1
     return pd.DataFrame(rows, columns=GTSDB_COLUMNS)
 
+def widened_crop(img:Image.Image, # an RGB image
+                 box, # x1, y1, x2, y2 in its pixels
+                 margin:float=0.1, # share of the box's size added on each side (GTSRB's crops keep about 10%)
+                ) -> Image.Image:
+    "The part of `img` in `box`, widened by `margin` (outside the image: black)."
+    return img.crop(tuple(round(v) for v in _widened(box, margin)))
+
+def box_crops(img:Image.Image, # an RGB image
+              boxes, # N x 4 boxes (x1, y1, x2, y2) in its pixels
+              size:int, # side of the square crops
+              margin:float=0.1, # share of each box added on each side
+             ) -> np.ndarray:
+    "The boxes of `img`, widened by `margin`, as an N x size x size x 3 uint8 array (what a classifier reads)."
+    return np.stack([to_model_array(widened_crop(img, b, margin), size) for b in boxes])
+
 def _crop_scene(args) -> np.ndarray:
     path, boxes, size, margin = args
-    img = read_image(path)
-    return np.stack([to_model_array(img.crop(tuple(round(v) for v in _widened(b, margin))), size) for b in boxes])
+    return box_crops(read_image(path), boxes, size, margin)
 
 def scene_crops(rows:pd.DataFrame, # path, x1, y1, x2, y2 of each box (pixels, corners inclusive)
                 size:int=32, # side of the square each crop is resized to

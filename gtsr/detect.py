@@ -6,12 +6,11 @@ Docs: https://gtsr.github.io/gtsr/detect.html.md"""
 
 # %% auto #0
 __all__ = ['SCENE_SIDE', 'CROP_MARGIN', 'DEFAULT_MIN_SCORE', 'SIZE_BINS', 'ZOOM_CHOICES', 'default_detector_path', 'finder_input',
-           'finder_boxes', 'box_iou', 'suppress_overlaps', 'SignDetection', 'onnx_session', 'find_candidates',
-           'Detector', 'box_crops', 'detection_records', 'draw_detections', 'scenes_and_boxes', 'SceneCrops',
-           'finder_targets', 'finder_loss', 'export_finder', 'train_finder', 'match_detections', 'average_precision',
-           'operating_point', 'choose_min_score', 'scene_detections', 'evaluate_detector', 'verifier_examples',
-           'train_verifier', 'choose_operating_point', 'train_detector', 'benchmark_detector',
-           'benchmark_detector_training']
+           'finder_boxes', 'box_iou', 'suppress_overlaps', 'SignDetection', 'find_candidates', 'Detector',
+           'detection_records', 'draw_detections', 'sign_boxes', 'scenes_and_boxes', 'SceneCrops', 'finder_targets',
+           'finder_loss', 'export_finder', 'train_finder', 'match_detections', 'average_precision', 'operating_point',
+           'choose_min_score', 'scene_detections', 'evaluate_detector', 'verifier_examples', 'train_verifier',
+           'choose_operating_point', 'train_detector', 'benchmark_detector', 'benchmark_detector_training']
 
 # %% ../nbs/09b_detect.ipynb #d54e3dca
 import json, os, time
@@ -20,9 +19,10 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
-from .data import (CLASS_NAMES, N_CLASSES, DatasetError, GtsrError, ImageError, _widened, gtsdb_scenes, gtsdb_split, load_gtsdb,
-                       read_image, to_model_array)
-from .inference import Classifier, Prediction, top_predictions
+from .config import FINDER_STRIDE
+from .data import (CLASS_NAMES, N_CLASSES, DatasetError, ImageError, box_crops, gtsdb_scenes, gtsdb_split, load_gtsdb,
+                       read_image)
+from .inference import Classifier, error_record, onnx_session, record_names, top_predictions
 from .modelfile import SHIPPED_MODELS, ModelError, record_in_manifest, verify_model
 
 # %% ../nbs/09b_detect.ipynb #36b67f69
@@ -53,7 +53,7 @@ def _sigmoid(x): return 1 / (1 + np.exp(-x))
 def finder_boxes(maps:np.ndarray, # 5 x h x w finder output for one photo
                  max_boxes:int=50, # most boxes returned
                  min_heat:float=0.05, # lowest centre probability kept
-                 stride:int=4, # pixels of the photo per map cell
+                 stride:int=FINDER_STRIDE, # pixels of the photo per map cell
                 ) -> np.ndarray:
     "The finder's candidate boxes as an N x 5 array (x1, y1, x2, y2 in the finder's pixels, centre probability), most likely first."
     heat = _sigmoid(maps[0])
@@ -98,15 +98,6 @@ class SignDetection(NamedTuple):
     probability: float # the classifier's (calibrated) probability of that sign
     score: float # detection confidence: the geometric mean of the finder's and the verifier's "a sign is here", times `probability`
     predictions: list # the classifier's top guesses, as `Prediction`s
-
-def onnx_session(path, # a verified ONNX file
-                 threads:int|None=None, # CPU threads; default all cores
-                ):
-    "An onnxruntime CPU session for `path`."
-    import onnxruntime as ort
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or os.cpu_count() or 1
-    return ort.InferenceSession(str(path), options, providers=['CPUExecutionProvider'])
 
 def find_candidates(finder, # onnxruntime session of a `SignFinder`
                     img:Image.Image, # an RGB photo
@@ -164,7 +155,7 @@ class Detector:
         img = read_image(image)
         found = self.candidates(img)
         if not len(found): return []
-        crops = box_crops(img, found[:, :4], self.classifier.size)
+        crops = box_crops(img, found[:, :4], self.classifier.size, CROP_MARGIN)
         probs = self.classifier.predict_arrays(crops)
         sign_prob = probs[:, :N_CLASSES].max(1)
         not_sign = probs[:, N_CLASSES] if probs.shape[1] > N_CLASSES else np.zeros(len(probs))
@@ -182,26 +173,16 @@ class Detector:
 
     def __repr__(self): return f"Detector({self.path.name}, classifier={self.classifier!r}, min_score={self.min_score}, zooms={self.zooms})"
 
-def box_crops(img:Image.Image, # an RGB photo
-              boxes:np.ndarray, # N x 4 boxes (x1, y1, x2, y2) in its pixels
-              size:int, # side of the square crops
-              margin:float=CROP_MARGIN, # share of each box added on each side
-             ) -> np.ndarray:
-    "The boxes of `img`, widened by `margin`, as an N x size x size x 3 uint8 array (what the verifier and the classifier read)."
-    return np.stack([to_model_array(img.crop(tuple(round(v) for v in _widened(b, margin))), size) for b in boxes])
-
 # %% ../nbs/09b_detect.ipynb #c40e857f
 def detection_records(detector:Detector, # the detector
                       sources:list, # photos: paths, bytes, PIL images or numpy arrays
                       names:list[str]|None=None, # what to call each photo in the records; default str(path)
                      ) -> list[dict]:
     "One JSON-ready record per photo: `path`, `width`, `height` and `signs` (box, class_id, name, probability, score), or `path` and `error`."
-    names = [str(s) if isinstance(s, (str, Path)) else f'image {i}' for i, s in enumerate(sources)] if names is None else list(names)
     records = []
-    for name, src in zip(names, sources):
+    for name, src in zip(record_names(sources, names), sources):
         try: img = read_image(src)
-        except ImageError as e:
-            records.append({'path': name, 'error': str(e) if isinstance(src, (str, Path)) else str(e).split(': ', 1)[-1]}); continue
+        except ImageError as e: records.append(error_record(name, src, e)); continue
         signs = [{k: v for k, v in d._asdict().items() if k != 'predictions'} for d in detector.detect(img)]
         records.append({'path': name, 'width': img.width, 'height': img.height, 'signs': signs})
     return records
@@ -232,13 +213,18 @@ def draw_detections(image, # the photo (anything `read_image` takes)
     return img
 
 # %% ../nbs/09b_detect.ipynb #252ee0f6
+def sign_boxes(rows:pd.DataFrame, # `load_gtsdb` rows (corners inclusive)
+              ) -> np.ndarray:
+    "The rows' boxes as K x 4 float continuous corners (x2, y2 just past the sign), the form found boxes have."
+    return rows[['x1', 'y1', 'x2', 'y2']].to_numpy(np.float64) + [0, 0, 1, 1]
+
 def scenes_and_boxes(gtsdb, # GTSDB folder
                      paths:list, # scene files in it
                     ) -> tuple[list, list]:
     "The decoded scenes at `paths` and, for each, its signs' boxes as K x 4 continuous corners (x2, y2 just past the sign)."
     signs = load_gtsdb(gtsdb)
     return ([np.asarray(read_image(p)) for p in paths],
-            [signs.loc[signs.path == str(p), ['x1', 'y1', 'x2', 'y2']].to_numpy(np.float32) + np.float32([0, 0, 1, 1]) for p in paths])
+            [sign_boxes(signs[signs.path == str(p)]).astype(np.float32) for p in paths])
 
 # %% ../nbs/09b_detect.ipynb #ad490ef7
 class SceneCrops:
@@ -284,7 +270,7 @@ class SceneCrops:
 # %% ../nbs/09b_detect.ipynb #fea640b5
 def finder_targets(boxes:list[np.ndarray], # per crop, its boxes (K x 4, pixels of the crop)
                    side:int, # crop side in pixels
-                   stride:int=4, # pixels per map cell
+                   stride:int=FINDER_STRIDE, # pixels per map cell
                   ) -> tuple:
     "CenterNet targets for a batch: heat map (N x s x s), box targets (N x 4 x s x s: log w, log h, x and y offset) and their mask (N x s x s)."
     import torch
@@ -334,17 +320,13 @@ def export_finder(finder, # a trained `SignFinder`
 # %% ../nbs/09b_detect.ipynb #304acf8a
 def _finder_for(arch:str, pretrained:bool, width:int):
     "`signfinder(arch, pretrained, width)`, with a `TrainError` that says what to do when ImageNet weights cannot be had."
-    import urllib.error, torch
-    from gtsr.config import TrainError
+    from gtsr.config import WEIGHT_DOWNLOAD_ERRORS, TrainError, missing_weights_error
     from gtsr.model import signfinder
     try: return signfinder(arch, pretrained, width)
     except ValueError as e: raise TrainError(str(e)) from None
-    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as e:
+    except WEIGHT_DOWNLOAD_ERRORS as e:
         if not pretrained: raise
-        hub = Path(torch.hub.get_dir())/'checkpoints'
-        raise TrainError(f"ImageNet weights for {arch} could not be downloaded ({getattr(e, 'reason', e)}). Connect to the internet, "
-                         f"or put torchvision's weight file for {arch} in {hub}, or train from scratch with --no-pretrained "
-                         "(a different model; nothing falls back silently).") from None
+        raise missing_weights_error(arch, e) from None
 
 def train_finder(gtsdb, # GTSDB folder; its training side (`gtsdb_split`) is used
                  out, # ONNX file to write (listed in the manifest of its folder)
@@ -387,7 +369,7 @@ def match_detections(found:list[list[SignDetection]], # per scene, what the dete
     "(detections, signs): each detection's scene, score and whether it matched a sign (`hit`) with the right class (`named`); each sign's width, the same two flags and the `score` of its match."
     dets, signs = [], []
     for k, (ds, t) in enumerate(zip(found, truth)):
-        gt = t[['x1', 'y1', 'x2', 'y2']].to_numpy(np.float64) + [0, 0, 1, 1]
+        gt = sign_boxes(t)
         hit, named, score = np.zeros(len(gt), bool), np.zeros(len(gt), bool), np.full(len(gt), np.nan)
         overlaps = box_iou(np.array([d.box for d in ds]), gt) if ds and len(gt) else np.zeros((len(ds), len(gt)))
         for i in np.argsort([-d.score for d in ds], kind='stable'):
@@ -411,7 +393,7 @@ def average_precision(found:list[list[SignDetection]], # per scene, what the det
     metric = MeanAveragePrecision(box_format='xyxy', iou_thresholds=[0.5], backend='pycocotools')
     metric.update([dict(boxes=torch.tensor([x.box for x in ds], dtype=torch.float32).reshape(-1, 4),
                         scores=torch.tensor([x.score for x in ds], dtype=torch.float32), labels=label([x.class_id for x in ds])) for ds in found],
-                  [dict(boxes=torch.tensor(t[['x1', 'y1', 'x2', 'y2']].to_numpy(np.float32) + np.float32([0, 0, 1, 1])).reshape(-1, 4),
+                  [dict(boxes=torch.tensor(sign_boxes(t), dtype=torch.float32).reshape(-1, 4),
                         labels=label(t.class_id.to_numpy())) for t in truth])
     return float(metric.compute()['map_50'])
 
@@ -536,7 +518,7 @@ def verifier_examples(finder, # onnxruntime session of the trained finder
     for path in paths:
         img = read_image(path)
         found = find_candidates(finder, img)[:, :4]
-        truth = signs.loc[signs.path == str(path), ['x1', 'y1', 'x2', 'y2']].to_numpy(np.float64) + [0, 0, 1, 1]
+        truth = sign_boxes(signs[signs.path == str(path)])
         best = box_iou(found, truth).max(1) if len(truth) else np.zeros(len(found))
         keep = (best >= 0.5) | (best < 0.3)
         w, h = truth[:, 2:3] - truth[:, 0:1], truth[:, 3:4] - truth[:, 1:2]
@@ -545,7 +527,7 @@ def verifier_examples(finder, # onnxruntime session of the trained finder
             cx, cy = (truth[:, 0:1] + truth[:, 2:3]) / 2 + shift[:, :1], (truth[:, 1:2] + truth[:, 3:4]) / 2 + shift[:, 1:]
             found, best = np.vstack([found, np.hstack([cx - w * scale / 2, cy - h * scale / 2, cx + w * scale / 2, cy + h * scale / 2])]), np.concatenate([best, np.ones(len(truth))])
             keep = np.concatenate([keep, np.ones(len(truth), bool)])
-        if keep.any(): crops.append(box_crops(img, found[keep], size)); labels.append((best[keep] >= 0.5).astype(np.int64))
+        if keep.any(): crops.append(box_crops(img, found[keep], size, CROP_MARGIN)); labels.append((best[keep] >= 0.5).astype(np.int64))
     if not crops: return np.zeros((0, size, size, 3), np.uint8), np.zeros(0, np.int64)
     return np.concatenate(crops), np.concatenate(labels)
 

@@ -13,7 +13,7 @@ __all__ = ['torch_device', 'ArrayDataset', 'ArrayLoader', 'RandomBlur', 'RandomN
            'export_committee']
 
 # %% ../nbs/07_train.ipynb #6abf6ccd
-import json, os, time, urllib.error
+import json, os, time
 from contextlib import contextmanager
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -29,7 +29,7 @@ from fastai.vision.all import (Callback, DataLoaders, IntToFloatTensor, LabelSmo
                                MixedPrecision, Normalize, RandTransform, TensorCategory, TensorImage, TfmdDL, accuracy,
                                aug_transforms, distrib_barrier, imagenet_stats, load_model, num_distrib, rank_distrib,
                                save_model, set_seed, vision_learner)
-from .config import SHIPPED_RECIPE, TrainConfig, TrainError
+from .config import SHIPPED_RECIPE, WEIGHT_DOWNLOAD_ERRORS, TrainConfig, TrainError, missing_weights_error
 from .data import CLASS_NAMES, N_CLASSES, NOT_A_SIGN, gtsdb_crops, image_cache, load_gtsrb, track_split
 from .model import Committee, ContrastNorm, ResidualBlock, signnet # also the names older learner pickles refer to
 from .modelfile import ModelMeta, load_learner_verified, record_in_manifest, verify_model
@@ -157,12 +157,9 @@ def make_learner(dls:DataLoaders, # from `gtsrb_dataloaders`
     arch_fn = getattr(torchvision.models, config.arch)
     weights = 'DEFAULT' if config.pretrained else None
     try: return vision_learner(dls, arch_fn, pretrained=config.pretrained, weights=weights, normalize=False, n_out=dls.c, **common)
-    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as e:
+    except WEIGHT_DOWNLOAD_ERRORS as e:
         if not config.pretrained: raise
-        hub = Path(torch.hub.get_dir())/'checkpoints'
-        raise TrainError(f"ImageNet weights for {config.arch} could not be downloaded ({getattr(e, 'reason', e)}). "
-                         f"Connect to the internet, or put torchvision's weight file for {config.arch} in {hub}, "
-                         "or train from scratch with --no-pretrained (a different model; nothing falls back silently).") from None
+        raise missing_weights_error(config.arch, e) from None
 
 # %% ../nbs/07_train.ipynb #ee134ecf
 def teacher_probabilities(path, # a model file listed in its manifest, trained on the 43 signs
