@@ -367,17 +367,19 @@ def add_detect(sub):
 # %% ../nbs/10_cli.ipynb #ac9bea5d
 def _train_detector(args):
     from gtsr.detect import train_detector
-    path = train_detector(args.data, args.out, args.model, args.backend, args.gtsrb, steps=args.steps, arch=args.arch, pretrained=args.pretrained)
+    path = train_detector(args.data, args.out, args.model, args.backend, args.gtsrb, args.finder, args.verifier_from_scratch,
+                          steps=args.steps, arch=args.arch, pretrained=args.pretrained)
     print(f"wrote {path}")
 
 def add_finder_options(parser, # a sub-command's parser
                       ):
-    "The recipe options of a finder's training: --steps, --arch, --pretrained/--no-pretrained."
+    "The recipe options of a detector's training: --steps, --arch, --pretrained/--no-pretrained (the finder), --gtsrb, --verifier-from-scratch (the verifier)."
     parser.add_argument('--steps', type=int, default=9000, help="optimiser steps of 16 crops (default 9000, the shipped detector's)")
     parser.add_argument('--arch', choices=FINDER_ARCHS, default='signfinder', help='finder trunk (default signfinder)')
     parser.add_argument('--pretrained', action=argparse.BooleanOptionalAction, default=None,
                         help='start resnet18 from ImageNet weights (default: yes for resnet18; signfinder has none)')
     parser.add_argument('--gtsrb', type=Path, default=None, help="GTSRB folder: 8,000 of its training images are added to the verifier's signs")
+    parser.add_argument('--verifier-from-scratch', action='store_true', help="train the verifier from scratch (default: from the classifier's network)")
 
 @command
 def add_train_detector(sub):
@@ -387,6 +389,7 @@ def add_train_detector(sub):
     t.add_argument('--out', type=Path, required=True, help='ONNX file to write (a manifest.json beside it lists it)')
     add_namer_options(t)
     add_finder_options(t)
+    t.add_argument('--finder', type=Path, default=None, help='reuse this trained finder (ONNX, in a manifest): train only a new verifier and choose the threshold')
     t.set_defaults(run=_train_detector)
 
 def _evaluate_detector(args):
@@ -408,7 +411,8 @@ def add_evaluate_detector(sub):
 
 def _bench_detector(args):
     from gtsr.detect import benchmark_detector_training
-    b = benchmark_detector_training(args.data, args.out, gtsrb=args.gtsrb, steps=args.steps, arch=args.arch, pretrained=args.pretrained)
+    b = benchmark_detector_training(args.data, args.out, gtsrb=args.gtsrb, verifier_from_scratch=args.verifier_from_scratch,
+                                    steps=args.steps, arch=args.arch, pretrained=args.pretrained)
     m = b['metrics']
     print(f"recipe: {b['recipe']}")
     print(f"wall time {b['train_seconds'] / 60:.1f} min training ({b['total_seconds'] / 60:.1f} min with threshold and evaluation), "

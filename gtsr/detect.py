@@ -9,11 +9,12 @@ __all__ = ['SCENE_SIDE', 'CROP_MARGIN', 'DEFAULT_MIN_SCORE', 'SIZE_BINS', 'ZOOM_
            'finder_boxes', 'box_iou', 'suppress_overlaps', 'SignDetection', 'find_candidates', 'Detector',
            'detection_records', 'draw_detections', 'sign_boxes', 'scenes_and_boxes', 'SceneCrops', 'finder_targets',
            'finder_loss', 'export_finder', 'train_finder', 'match_detections', 'average_precision', 'operating_point',
-           'choose_min_score', 'scene_detections', 'evaluate_detector', 'verifier_examples', 'train_verifier',
-           'choose_operating_point', 'train_detector', 'benchmark_detector', 'benchmark_detector_training']
+           'choose_min_score', 'scene_detections', 'evaluate_detector', 'verifier_examples', 'verifier_network',
+           'train_verifier', 'choose_operating_point', 'train_detector', 'benchmark_detector',
+           'benchmark_detector_training']
 
 # %% ../nbs/09b_detect.ipynb #d54e3dca
-import json, os, time
+import json, os, shutil, time
 from pathlib import Path
 from typing import NamedTuple
 import numpy as np
@@ -532,23 +533,41 @@ def verifier_examples(finder, # onnxruntime session of the trained finder
     return np.concatenate(crops), np.concatenate(labels)
 
 # %% ../nbs/09b_detect.ipynb #93a76db2
+def verifier_network(start=None, # a classifier learner (.pkl) of one network whose weights the verifier starts from; None: a fresh signnet
+                     width:int=16, # a fresh signnet's first-stage channels
+                    ):
+    "A two-way network (not a sign, sign) reading uint8 crops (`ModelInput`): `start`'s network with a new last layer, or a fresh signnet."
+    import torch.nn as nn
+    from gtsr.config import TrainError
+    from gtsr.model import ModelInput, signnet
+    if start is None: return ModelInput(signnet(2, width), [0.] * 3, [1.] * 3)
+    from gtsr.modelfile import load_learner_verified
+    learn = load_learner_verified(start)
+    net = learn.model
+    if not (isinstance(net, nn.Sequential) and isinstance(net[-1], nn.Linear)):
+        raise TrainError(f"The verifier starts from one network's last layer; {Path(start).name} is a {type(net).__name__}. "
+                         "Name a single-network learner, or train the verifier from scratch (--verifier-from-scratch).")
+    net[-1] = nn.Linear(net[-1].in_features, 2)
+    return ModelInput(net, learn.gtsr['mean'], learn.gtsr['std'])
+
+# %% ../nbs/09b_detect.ipynb #70ac4b0a
 def train_verifier(gtsdb, # GTSDB folder; the finder's candidates on its training scenes are the examples
                    finder_path, # the trained finder (ONNX, in a manifest)
                    out, # ONNX file to write (listed in the manifest of its folder)
                    gtsrb=None, # a GTSRB folder whose training images are added as signs; none if not given
                    extra_signs:int=8000, # how many GTSRB images to add
-                   epochs:int=6, # passes over the examples
+                   start=None, # a classifier learner (.pkl) whose network the verifier starts from (`verifier_network`); None: from scratch
+                   epochs:int=4, # passes over the examples
                    bs:int=128, # crops per step
-                   lr:float=2e-3, # peak learning rate of the one-cycle schedule
-                   width:int=16, # signnet's first-stage channels
+                   lr:float=1e-3, # peak learning rate of the one-cycle schedule
+                   width:int=16, # first-stage channels of a verifier trained from scratch
                    size:int=32, # crop side (the classifier's)
                    seed:int=0, # random seed
                    log=print, # called with one line of progress per epoch
                   ) -> Path:
-    "Train a two-way signnet (not a sign, sign) on the finder's candidates; write it to `out` as ONNX; return its path."
+    "Train a two-way network (not a sign, sign) on the finder's candidates; write it to `out` as ONNX; return its path."
     import torch, torch.nn.functional as F
-    from gtsr.model import ModelInput, signnet
-    start = time.time()
+    started = time.time()
     train, _ = gtsdb_split(gtsdb_scenes(gtsdb))
     x, y = verifier_examples(onnx_session(verify_model(finder_path) and finder_path), gtsdb, list(train.path), size, seed=seed)
     if gtsrb is not None:
@@ -557,10 +576,9 @@ def train_verifier(gtsdb, # GTSDB folder; the finder's candidates on its trainin
         extra = np.asarray(image_cache(rows.path.sample(min(extra_signs, len(rows)), random_state=seed), size))
         x, y = np.concatenate([x, extra]), np.concatenate([y, np.ones(len(extra), np.int64)])
     if len(np.unique(y)) < 2: raise DatasetError(f"The verifier needs candidates that are signs and candidates that are not; {gtsdb} gave {len(y)} of one kind.")
-    log(f"verifier: {len(y):,} crops, {y.mean():.0%} signs ({time.time() - start:.0f} s)")
+    log(f"verifier: {len(y):,} crops, {y.mean():.0%} signs ({time.time() - started:.0f} s)")
     torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    net = ModelInput(signnet(2, width), [0.] * 3, [1.] * 3)
+    rng, net = np.random.default_rng(seed), verifier_network(start, width)
     opt = torch.optim.AdamW(net.parameters(), lr, weight_decay=0.05)
     steps_per_epoch = max(1, len(y) // bs)
     schedule = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=epochs * steps_per_epoch)
@@ -574,15 +592,16 @@ def train_verifier(gtsdb, # GTSDB folder; the finder's candidates on its trainin
             logits = net.model(net.normalise(images[idx]) * brightness)
             loss = F.cross_entropy(logits, labels[idx])
             opt.zero_grad(); loss.backward(); opt.step(); schedule.step()
-        log(f"verifier epoch {epoch + 1}/{epochs}  loss {loss.item():.3f}  {time.time() - start:.0f} s")
+        log(f"verifier epoch {epoch + 1}/{epochs}  loss {loss.item():.3f}  {time.time() - started:.0f} s")
     path = Path(out); tmp = path.with_name(path.name + '.partial')
     net.eval()
     with torch.no_grad():
         torch.onnx.export(net, (images[:1],), str(tmp), dynamo=False, input_names=['image'], output_names=['probabilities'],
                           dynamic_axes={'image': {0: 'batch'}, 'probabilities': {0: 'batch'}}, opset_version=17)
     os.replace(tmp, path)
-    record_in_manifest(path, arch='signnet', size=size, recipe=dict(epochs=epochs, bs=bs, lr=lr, width=width, seed=seed, extra_signs=extra_signs if gtsrb is not None else 0),
-                       train_seconds=round(time.time() - start, 1))
+    recipe = dict(epochs=epochs, bs=bs, lr=lr, seed=seed, extra_signs=extra_signs if gtsrb is not None else 0,
+                  **(dict(start=Path(start).name, start_sha256=verify_model(start)['sha256']) if start is not None else dict(width=width)))
+    record_in_manifest(path, arch='signnet', size=size, recipe=recipe, train_seconds=round(time.time() - started, 1))
     return path
 
 # %% ../nbs/09b_detect.ipynb #41962af4
@@ -607,15 +626,26 @@ def choose_operating_point(path, # a trained finder whose manifest entry names i
 # %% ../nbs/09b_detect.ipynb #80e52de9
 def train_detector(gtsdb, # GTSDB folder: the finder trains on its training scenes, the threshold is chosen on its validation scenes
                    out, # ONNX file to write (listed in the manifest of its folder)
-                   model=None, # the classifier that names what the finder finds; default the shipped model
+                   model=None, # the classifier that names what the finder finds (and that the verifier starts from); default the shipped model
                    backend:str='onnx-int8', # the classifier's backend
                    gtsrb=None, # GTSRB folder whose training images the verifier also learns signs from
+                   finder=None, # a trained finder (ONNX, in a manifest) to reuse instead of training one; then the finder options are not used
+                   verifier_from_scratch:bool=False, # train the verifier from scratch instead of from the classifier's network
                    **kwargs, # `train_finder` options (steps, arch, pretrained, ...)
                   ) -> Path:
-    "Train a finder (`train_finder`) and its verifier (`train_verifier`), choose its scales (`ZOOM_CHOICES`, by average precision) and its reporting threshold on the validation scenes (`choose_min_score`), record it in the manifest; return its path."
-    from gtsr.modelfile import update_manifest_entry
-    path = train_finder(gtsdb, out, **kwargs)
-    verifier = train_verifier(gtsdb, path, path.with_name(path.stem + '-verifier.onnx'), gtsrb, log=kwargs.get('log', print))
+    "Train a finder (`train_finder`, or reuse `finder`) and its verifier (`train_verifier`), choose its scales (`ZOOM_CHOICES`, by average precision) and its reporting threshold on the validation scenes (`choose_min_score`), record it in the manifest; return its path."
+    from gtsr.modelfile import default_model_path, update_manifest_entry
+    start = None if verifier_from_scratch else Path(model or default_model_path())
+    if start is not None: verifier_network(start) # a classifier the verifier cannot start from stops here, not after the finder's training
+    if finder is None: path = train_finder(gtsdb, out, **kwargs)
+    else:
+        entry, path = verify_model(finder), Path(out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.resolve() != Path(finder).resolve():
+            tmp = path.with_name(path.name + '.partial')
+            shutil.copyfile(finder, tmp); os.replace(tmp, path)
+        record_in_manifest(path, **{k: v for k, v in entry.items() if k not in ('sha256', 'bytes', 'verifier', 'min_score', 'zooms')})
+    verifier = train_verifier(gtsdb, path, path.with_name(path.stem + '-verifier.onnx'), gtsrb, start=start, log=kwargs.get('log', print))
     update_manifest_entry(path, verifier=verifier.name)
     choose_operating_point(path, gtsdb, model, backend)
     return path
@@ -643,7 +673,7 @@ def benchmark_detector(detector:Detector|None=None, # default `Detector.load()`
 # %% ../nbs/09b_detect.ipynb #816aa44c
 def benchmark_detector_training(gtsdb, # GTSDB folder
                                 out='runs/bench-detector', # folder for the run
-                                **kwargs, # `train_finder` options that differ from the shipped recipe
+                                **kwargs, # `train_detector` options that differ from the shipped recipe (gtsrb, steps, verifier_from_scratch, ...)
                                ) -> dict:
     "Retrain the detector with the shipped recipe (`train_detector`), evaluate it on the validation scenes; return wall time, peak memory and figures."
     import resource

@@ -28,6 +28,13 @@ def test_train_detector_writes_finder_verifier_and_threshold(tmp_path):
     finder, verifier = manifest['detector.onnx'], manifest['detector-verifier.onnx']
     assert finder['sha256'] == file_digest(out) and verifier['sha256'] == file_digest(out.parent/'detector-verifier.onnx')
     assert finder['verifier'] == 'detector-verifier.onnx' and 0 <= finder['min_score'] <= 1 and finder['recipe']['steps'] == 40
+    assert verifier['recipe']['start'] == 'model.pkl' # started from the shipped classifier's network
+    again = tmp_path/'again'/'detector.onnx' # the same finder reused, a verifier trained from scratch
+    r = run_gtsr('train-detector', '--data', scenes, '--out', again, '--finder', out, '--verifier-from-scratch')
+    assert r.returncode == 0, r.stderr[-3000:]
+    manifest2 = json.loads((again.parent/'manifest.json').read_text())
+    assert file_digest(again) == finder['sha256'] and manifest2['detector.onnx']['recipe'] == finder['recipe']
+    assert manifest2['detector-verifier.onnx']['recipe']['width'] == 16 and 'start' not in manifest2['detector-verifier.onnx']['recipe']
     r = run_gtsr('detect', '--json', '--detector', out, *sorted((scenes/'TrainIJCNN2013').glob('*.ppm'))[:2])
     assert r.returncode == 0, r.stderr[-3000:]
     assert [set(x) for x in json.loads(r.stdout)] == [{'path', 'width', 'height', 'signs'}] * 2
