@@ -541,6 +541,9 @@ def verifier_network(start=None, # a classifier learner (.pkl) of one network wh
     from gtsr.config import TrainError
     from gtsr.model import ModelInput, signnet
     if start is None: return ModelInput(signnet(2, width), [0.] * 3, [1.] * 3)
+    if Path(start).suffix != '.pkl':
+        raise TrainError(f"The verifier starts from a classifier's exported learner (.pkl), not {Path(start).name}; "
+                         "name one with --model, or train the verifier from scratch (--verifier-from-scratch).")
     from gtsr.modelfile import load_learner_verified
     learn = load_learner_verified(start)
     net = learn.model
