@@ -20,11 +20,13 @@ from .detect import CROP_MARGIN, Detector, SignDetection, default_detector_path,
 from .modelfile import ModelError, backend_file, default_model_path, verify_model
 
 # %% ../nbs/11_app.ipynb #3f619798
-@functools.cache
 def app_classifier(path=None, # model file (the learner); default `$GTSR_MODEL` or the shipped model
                   ) -> Classifier:
-    "The app's classifier, checksum-verified and loaded once per kernel: the INT8 ONNX file beside the learner, if any."
-    path = Path(path or default_model_path())
+    "The app's classifier, checksum-verified and loaded once per kernel and model file: the INT8 ONNX file beside the learner, if any."
+    return _load_app_classifier(Path(path or default_model_path()))
+
+@functools.cache # keyed by the resolved file, so that `app_classifier()`, `app_classifier(None)` and the default path share one
+def _load_app_classifier(path:Path) -> Classifier:
     return Classifier.load(path, 'onnx-int8' if backend_file(path, 'onnx-int8').is_file() else 'fastai')
 
 @functools.cache
@@ -42,8 +44,7 @@ def app_detector(path=None, # finder ONNX file; default `$GTSR_DETECTOR` or the 
                 ) -> Detector|None:
     "The app's detector, loaded once per kernel, naming signs with `app_classifier(model)`; None if there is no detector file."
     path = Path(path or default_detector_path())
-    clf = app_classifier() if model is None else app_classifier(model) # the same cache entry as the page's app_classifier()
-    return Detector.load(path, classifier=clf) if path.is_file() else None
+    return Detector.load(path, classifier=app_classifier(model)) if path.is_file() else None
 
 @functools.cache
 def reference_pictures(data=None, # a downloaded GTSRB folder; default `$GTSR_DATA` or the download folder

@@ -618,10 +618,10 @@ def choose_operating_point(path, # a trained finder whose manifest entry names i
                           ) -> dict:
     "Record in `path`'s manifest entry the finder's scales (the `ZOOM_CHOICES` with the best average precision) and the reporting threshold (`choose_min_score`)."
     from gtsr.modelfile import update_manifest_entry
-    best = None
+    best, clf = None, Classifier.load(model, backend)
     for zooms in ZOOM_CHOICES:
         update_manifest_entry(path, zooms=list(zooms))
-        _, found, truth, _ = scene_detections(Detector.load(path, model, backend), gtsdb, 'valid')
+        _, found, truth, _ = scene_detections(Detector.load(path, classifier=clf), gtsdb, 'valid')
         ap = average_precision(found, truth)
         if best is None or ap > best[0]: best = (ap, zooms, choose_min_score(*match_detections(found, truth)))
     return update_manifest_entry(path, zooms=list(best[1]), min_score=round(best[2], 4))
