@@ -238,21 +238,26 @@ class SceneCrops:
         self.scenes, self.boxes, self.side, self.rng = scenes, boxes, side, np.random.default_rng(seed)
         self.signs = [(i, b) for i, bs in enumerate(boxes) for b in bs]
 
+    def window(self) -> tuple:
+        "A random square of a scene, as (scene index, x0, y0, x1, y1): 70% around a sign, the rest anywhere in a scene."
+        rng = self.rng
+        region = self.side / np.exp(rng.uniform(np.log(0.7), np.log(1.4)))
+        if self.signs and rng.random() < 0.7:
+            i, b = self.signs[rng.integers(len(self.signs))]
+            x0, y0 = (b[0] + b[2]) / 2 - rng.uniform(0.1, 0.9) * region, (b[1] + b[3]) / 2 - rng.uniform(0.1, 0.9) * region
+        else: i, x0 = int(rng.integers(len(self.scenes))), None
+        h, w = self.scenes[i].shape[:2]
+        region = min(region, w, h)
+        if x0 is None: x0, y0 = rng.uniform(0, w - region), rng.uniform(0, h - region)
+        x0, y0 = int(min(max(x0, 0), w - region)), int(min(max(y0, 0), h - region))
+        return i, x0, y0, min(w, int(np.ceil(x0 + region))), min(h, int(np.ceil(y0 + region)))
+
     def one(self):
         "One crop (3 x side x side float tensor, 0-255) and its boxes (K x 4, in the crop's pixels)."
         import torch, torch.nn.functional as F
         rng, side = self.rng, self.side
-        region = side / np.exp(rng.uniform(np.log(0.7), np.log(1.4)))
-        if self.signs and rng.random() < 0.7:
-            i, b = self.signs[rng.integers(len(self.signs))]
-            x0, y0 = (b[0] + b[2]) / 2 - rng.uniform(0.1, 0.9) * region, (b[1] + b[3]) / 2 - rng.uniform(0.1, 0.9) * region
-        else: i = int(rng.integers(len(self.scenes))); x0, y0 = rng.uniform(0, 1, 2) * 1e6
-        scene = self.scenes[i]
-        h, w = scene.shape[:2]
-        region = min(region, w, h)
-        x0, y0 = int(min(max(x0, 0), w - region)), int(min(max(y0, 0), h - region))
-        x1, y1 = min(w, int(np.ceil(x0 + region))), min(h, int(np.ceil(y0 + region)))
-        crop = torch.from_numpy(np.ascontiguousarray(scene[y0:y1, x0:x1])).permute(2, 0, 1).float()[None]
+        i, x0, y0, x1, y1 = self.window()
+        crop = torch.from_numpy(np.ascontiguousarray(self.scenes[i][y0:y1, x0:x1])).permute(2, 0, 1).float()[None]
         crop = F.interpolate(crop, size=(side, side), mode='bilinear', align_corners=False, antialias=True)[0]
         sx, sy = side / (x1 - x0), side / (y1 - y0)
         b = self.boxes[i].reshape(-1, 4)
