@@ -6,15 +6,16 @@ Docs: https://gtsr.github.io/gtsr/data.html.md"""
 
 # %% auto #0
 __all__ = ['CLASS_NAMES', 'N_CLASSES', 'DATA_DIR_VARIABLES', 'COLUMNS', 'MAX_PIXELS', 'GTSDB_COLUMNS', 'SCENE_SUFFIXES',
-           'NOT_A_SIGN', 'default_data_dir', 'file_digest', 'GtsrError', 'DatasetError', 'track_id', 'load_gtsrb',
-           'track_split', 'ImageError', 'read_image', 'to_model_array', 'default_cache_dir', 'image_cache',
-           'reference_images', 'gtsdb_folder', 'load_gtsdb', 'gtsdb_scenes', 'gtsdb_split', 'background_boxes',
-           'widened_crop', 'box_crops', 'scene_crops', 'gtsdb_crops']
+           'NOT_A_SIGN', 'default_data_dir', 'file_digest', 'GtsrError', 'DatasetError', 'atomic_path', 'track_id',
+           'load_gtsrb', 'track_split', 'ImageError', 'read_image', 'to_model_array', 'default_cache_dir',
+           'image_cache', 'reference_images', 'gtsdb_folder', 'load_gtsdb', 'gtsdb_scenes', 'gtsdb_split',
+           'background_boxes', 'widened_crop', 'box_crops', 'scene_crops', 'gtsdb_crops']
 
 # %% ../nbs/00_data.ipynb #6a6d0160
 import os
 from pathlib import Path
-import hashlib, io, warnings
+import hashlib, io, shutil, uuid, warnings
+from contextlib import contextmanager
 from multiprocessing import Pool
 import numpy as np
 import pandas as pd
@@ -52,6 +53,25 @@ class GtsrError(Exception):
 
 class DatasetError(GtsrError, ValueError):
     "A folder that does not hold GTSRB in a layout `load_gtsrb` knows."
+
+# %% ../nbs/00_data.ipynb #28d50226
+def _remove(path:Path):
+    "Remove the file or folder at `path`, if there is one."
+    if path.is_dir(): shutil.rmtree(path, ignore_errors=True)
+    else: path.unlink(missing_ok=True)
+
+@contextmanager
+def atomic_path(path, # the file or folder to write
+                unique:bool=True, # a new temporary name each time; False: always `.NAME.partial`, so whatever a killed run left there is removed first
+               ):
+    "A temporary path beside `path` (same suffix) to write to; renamed onto `path` when the block ends, removed if it raises."
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}{'.' + uuid.uuid4().hex[:8] if unique else ''}.partial{path.suffix}")
+    if not unique: _remove(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally: _remove(tmp)
 
 # %% ../nbs/00_data.ipynb #e1545cc4
 _CSV_COLUMNS = {'Width': 'width', 'Height': 'height', 'Roi.X1': 'roi_x1', 'Roi.Y1': 'roi_y1',
@@ -246,8 +266,7 @@ def image_cache(paths, # image files
         with Pool(workers) as pool: arrays = pool.map(_load_one, jobs, chunksize=256)
     else: arrays = [_load_one(j) for j in jobs]
     out = np.stack(arrays) if arrays else np.zeros((0, size, size, 3), np.uint8)
-    tmp = cache.with_suffix('.partial.npy')
-    np.save(tmp, out); os.replace(tmp, cache)
+    with atomic_path(cache) as tmp: np.save(tmp, out)
     return out
 
 # %% ../nbs/00_data.ipynb #819c41a8
@@ -408,8 +427,7 @@ def scene_crops(rows:pd.DataFrame, # path, x1, y1, x2, y2 of each box (pixels, c
     jobs = [(p, boxes[order][rows.path.to_numpy()[order] == p], size, margin) for p in pd.unique(rows.path.to_numpy()[order])]
     out = np.zeros((len(rows), size, size, 3), np.uint8)
     if jobs: out[order] = np.concatenate([_crop_scene(j) for j in jobs])
-    tmp = cache.with_suffix('.partial.npy')
-    np.save(tmp, out); os.replace(tmp, cache)
+    with atomic_path(cache) as tmp: np.save(tmp, out)
     return out
 
 # %% ../nbs/00_data.ipynb #fa9f93b6

@@ -13,7 +13,7 @@ __all__ = ['OFFICIAL_ARCHIVES', 'KAGGLE_DATASET', 'KAGGLE_ARCHIVE', 'OFFICIAL_UR
 import json, os, shutil, socket, urllib.error, urllib.request, zipfile
 from pathlib import Path
 from tqdm.auto import tqdm
-from .data import DatasetError, GtsrError, default_data_dir, file_digest, gtsdb_scenes, load_gtsdb, load_gtsrb
+from .data import DatasetError, GtsrError, atomic_path, default_data_dir, file_digest, gtsdb_scenes, load_gtsdb, load_gtsrb
 
 # %% ../nbs/01_download.ipynb #b7025248
 OFFICIAL_ARCHIVES = {'train': 'GTSRB_Final_Training_Images.zip', 'test': 'GTSRB_Final_Test_Images.zip',
@@ -166,10 +166,8 @@ def _install(dest:Path, # where the extracted dataset goes
         return dest
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise DownloadError(f"{dest} exists but is not a complete gtsr download. Remove it or choose another --dest.")
-    staging = dest.parent/f'.{dest.name}.partial'
-    if staging.exists(): shutil.rmtree(staging)
-    staging.mkdir(parents=True)
-    try:
+    with atomic_path(dest, unique=False) as staging: # `.NAME.partial`: what a killed run left there goes first
+        staging.mkdir(parents=True)
         downloads = staging/'.archives'; downloads.mkdir()
         paths = archives(downloads)
         for a in paths: extract(a, staging, keep, quiet)
@@ -179,10 +177,6 @@ def _install(dest:Path, # where the extracted dataset goes
         except DatasetError as e: raise DownloadError(f"The archives did not contain {dataset}: {e}") from e
         (staging/COMPLETE_MARKER).write_text(json.dumps({**marker, **summary, 'archives': digests}, indent=1))
         if dest.exists(): dest.rmdir()
-        os.replace(staging, dest)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     say(f"{dataset} ({line}) is in {dest}")
     return dest
 

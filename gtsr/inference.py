@@ -13,7 +13,7 @@ import os, time
 from pathlib import Path
 from typing import Literal, NamedTuple
 import numpy as np
-from .data import CLASS_NAMES, N_CLASSES, ImageError, read_image, to_model_array
+from .data import CLASS_NAMES, N_CLASSES, ImageError, atomic_path, read_image, to_model_array
 from .modelfile import (BACKENDS, DEFAULT_THRESHOLD, ModelError, backend_file, default_model_path, load_learner_verified,
                             record_in_manifest, verify_model)
 
@@ -183,21 +183,14 @@ def export_onnx(model_path=None, # verified learner to export; default the shipp
                 calibration:np.ndarray|None=None, # N x size x size x 3 uint8 training images; enables the INT8 model
                ) -> list[Path]:
     "Write `model.onnx` (and `model-int8.onnx` if `calibration` is given) beside the learner; return their paths."
-    import onnx, torch
+    import torch
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
-    from gtsr.model import ModelInput
+    from gtsr.model import ModelInput, to_onnx
     clf = Classifier.load(model_path)
     meta, threshold = clf.learner.gtsr, {'confidence_threshold': clf.threshold, 'temperature': clf.temperature}
     net = ModelInput(clf.learner.model, meta['mean'], meta['std'], clf.temperature).eval()
-    fp32 = backend_file(clf.path, 'onnx')
-    dummy = torch.zeros(1, clf.size, clf.size, 3, dtype=torch.uint8)
-    import warnings
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        torch.onnx.export(net, (dummy,), str(fp32), dynamo=False, input_names=['image'], output_names=['probabilities'],
-                          dynamic_axes={'image': {0: 'batch'}, 'probabilities': {0: 'batch'}}, opset_version=17)
-    onnx.checker.check_model(str(fp32))
+    fp32 = to_onnx(net, torch.zeros(1, clf.size, clf.size, 3, dtype=torch.uint8), backend_file(clf.path, 'onnx'))
     record_in_manifest(fp32, arch=meta['arch'], size=clf.size, **threshold)
     paths = [fp32]
     if calibration is not None:
@@ -205,9 +198,10 @@ def export_onnx(model_path=None, # verified learner to export; default the shipp
         prepared = fp32.with_name(fp32.stem + '.prepared.onnx')
         try:
             quant_pre_process(str(fp32), str(prepared))
-            quantize_static(str(prepared), str(int8), _CalibrationReader(calibration), quant_format=QuantFormat.QDQ,
-                            per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            calibrate_method=CalibrationMethod.MinMax)
+            with atomic_path(int8) as tmp:
+                quantize_static(str(prepared), str(tmp), _CalibrationReader(calibration), quant_format=QuantFormat.QDQ,
+                                per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                                calibrate_method=CalibrationMethod.MinMax)
         finally: prepared.unlink(missing_ok=True)
         record_in_manifest(int8, arch=meta['arch'], size=clf.size, calibration_images=len(calibration), **threshold)
         paths.append(int8)

@@ -1,4 +1,4 @@
-"""Plain PyTorch, imported by training, and by inference only for the fastai backend, Grad-CAM and the ONNX export: `signnet` (the shipped network), `Committee` (networks whose probabilities are averaged), `ModelInput` (uint8 images in, class probabilities out; what the ONNX files contain) and `gradcam_map` (where a network looked).
+"""Plain PyTorch, imported by training, and by inference only for the fastai backend, Grad-CAM and the ONNX export: `signnet` (the shipped network), `Committee` (networks whose probabilities are averaged), `ModelInput` (uint8 images in, class probabilities out; what the ONNX files contain) `gradcam_map` (where a network looked), `SignFinder` (the detector's finder) and `to_onnx` (the one way any of them is written as ONNX).
 
 Docs: https://gtsr.github.io/gtsr/model.html.md"""
 
@@ -6,13 +6,15 @@ Docs: https://gtsr.github.io/gtsr/model.html.md"""
 
 # %% auto #0
 __all__ = ['ContrastNorm', 'conv_bn', 'ResidualBlock', 'signnet', 'Committee', 'ModelInput', 'gradcam_map', 'SignFinder',
-           'signfinder']
+           'signfinder', 'to_onnx']
 
 # %% ../nbs/05_model.ipynb #6ed6a8ba
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from .data import N_CLASSES
+import warnings
+from pathlib import Path
+from .data import N_CLASSES, atomic_path
 from .config import FINDER_ARCHS
 
 # %% ../nbs/05_model.ipynb #dbce15a5
@@ -161,3 +163,21 @@ def signfinder(arch:str='signfinder', # one of `FINDER_ARCHS`
     r = torchvision.models.resnet18(weights='DEFAULT' if pretrained else None)
     return SignFinder([nn.Sequential(r.conv1, r.bn1, r.relu, r.maxpool, r.layer1), r.layer2, r.layer3], (64, 128, 256),
                       [255 * m for m in (0.485, 0.456, 0.406)], [255 * s for s in (0.229, 0.224, 0.225)], width)
+
+# %% ../nbs/05_model.ipynb #2870545b
+def to_onnx(net:nn.Module, # the network; exported as it is in eval mode
+            example:torch.Tensor, # an input of the right dtype and rank
+            path, # ONNX file to write
+            names:tuple=('image', 'probabilities'), # input and output names
+            dynamic:tuple=({0: 'batch'}, {0: 'batch'}), # the input's and the output's dimensions that may vary, by index
+           ) -> Path:
+    "Write `net` to `path` as a checked ONNX file (opset 17) and return the path."
+    import onnx
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    net = net.float().eval()
+    with atomic_path(path) as tmp, torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        torch.onnx.export(net, (example,), str(tmp), dynamo=False, input_names=[names[0]], output_names=[names[1]],
+                          dynamic_axes=dict(zip(names, dynamic)), opset_version=17)
+        onnx.checker.check_model(str(tmp))
+    return path

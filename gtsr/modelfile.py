@@ -10,10 +10,10 @@ __all__ = ['MANIFEST', 'SHIPPED_MODELS', 'BACKENDS', 'DEFAULT_THRESHOLD', 'Model
            'load_learner_verified']
 
 # %% ../nbs/06_modelfile.ipynb #977fdeb4
-import json, os, tempfile
+import json, os
 from pathlib import Path
 from typing import TypedDict, NotRequired
-from .data import GtsrError, file_digest
+from .data import GtsrError, atomic_path, file_digest
 
 # %% ../nbs/06_modelfile.ipynb #f9c9ffc1
 MANIFEST = 'manifest.json'
@@ -64,10 +64,7 @@ def record_in_manifest(path, # a model file
     manifest_path = path.parent/MANIFEST
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
     manifest[path.name] = entry = dict(sha256=file_digest(path), bytes=path.stat().st_size, **fields)
-    with tempfile.NamedTemporaryFile('w', dir=path.parent, prefix='.manifest-', suffix='.partial', delete=False) as f:
-        f.write(json.dumps(manifest, indent=1) + '\n')
-    os.chmod(f.name, 0o644) # a temporary file is private; the manifest is read by everyone who may load the model
-    os.replace(f.name, manifest_path)
+    with atomic_path(manifest_path) as tmp: tmp.write_text(json.dumps(manifest, indent=1) + '\n')
     return entry
 
 # %% ../nbs/06_modelfile.ipynb #863b27b2

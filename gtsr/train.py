@@ -30,7 +30,7 @@ from fastai.vision.all import (Callback, DataLoaders, IntToFloatTensor, LabelSmo
                                aug_transforms, distrib_barrier, imagenet_stats, load_model, num_distrib, rank_distrib,
                                save_model, set_seed, vision_learner)
 from .config import SHIPPED_RECIPE, WEIGHT_DOWNLOAD_ERRORS, TrainConfig, TrainError, missing_weights_error
-from .data import CLASS_NAMES, N_CLASSES, NOT_A_SIGN, gtsdb_crops, image_cache, load_gtsrb, track_split
+from .data import CLASS_NAMES, N_CLASSES, NOT_A_SIGN, atomic_path, gtsdb_crops, image_cache, load_gtsrb, track_split
 from .model import Committee, ContrastNorm, ResidualBlock, signnet # also the names older learner pickles refer to
 from .modelfile import ModelMeta, load_learner_verified, record_in_manifest, verify_model
 
@@ -199,8 +199,7 @@ def training_targets(labels:np.ndarray, # class ids of the training images
 # %% ../nbs/07_train.ipynb #2b988c9d
 def _write_json(path:Path, obj):
     "Write `obj` as JSON to `path` through a temporary file, so `path` is never half-written."
-    tmp = path.with_name(path.name + '.partial')
-    tmp.write_text(json.dumps(obj, indent=1)); os.replace(tmp, path)
+    with atomic_path(path) as tmp: tmp.write_text(json.dumps(obj, indent=1))
 
 class EpochCheckpoint(Callback):
     "Save model, optimizer and progress to `folder` after every epoch."
@@ -209,9 +208,7 @@ class EpochCheckpoint(Callback):
         self.folder, self.stage, self.run, self.start_epoch = Path(folder), stage, run, start_epoch
     def after_epoch(self):
         if self.epoch < self.start_epoch or rank_distrib(): return # an epoch fastai skipped on resume; another process's epoch
-        tmp = self.folder/'checkpoint.partial.pth'
-        save_model(tmp, self.learn.model, self.learn.opt, with_opt=True)
-        os.replace(tmp, self.folder/'checkpoint.pth')
+        with atomic_path(self.folder/'checkpoint.pth') as tmp: save_model(tmp, self.learn.model, self.learn.opt, with_opt=True)
         history = [[float(v) if v is not None else None for v in r] for r in self.learn.recorder.values]
         _write_json(self.folder/'progress.json', dict(stage=self.stage, epoch=self.epoch + 1, config=self.run, history=history))
 
@@ -390,9 +387,7 @@ def export_model(learn:Learner, # trained learner with its `ModelMeta` in `learn
         learn.dls = DataLoaders(dls.train.new(dls.train.dataset.new_empty()), dls.valid.new(dls.valid.dataset.new_empty()))
         learn.model = _export_copy(model, half)
         learn.gtsr = {**learn.gtsr, 'half': half}
-        tmp = path.with_suffix('.partial')
-        learn.export(tmp.absolute())
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp: learn.export(tmp.absolute())
     finally: learn.dls, learn.model = dls, model
     members = learn.gtsr.get('members')
     record_in_manifest(path, arch=learn.gtsr['arch'], size=learn.gtsr['size'], **({'members': len(members)} if members else {}))

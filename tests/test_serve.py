@@ -10,7 +10,8 @@ from PIL import Image
 from conftest import ROOT
 from gtsr.cli import predict_files
 from gtsr.data import CLASS_NAMES, file_digest
-from gtsr.serve import create_app, drive, free_port, start_server
+from gtsr.loadgen import drive, free_port, start_server
+from gtsr.serve import create_app
 from gtsr.synthetic import draw_sign
 
 MODELS = ROOT/'gtsr'/'models'
@@ -133,9 +134,11 @@ def test_unknown_paths_and_methods_are_json(api):
     assert_refused(api.get('/v1/classify'), 405, 'Method Not Allowed')
 
 def test_big_upload_never_rolls_over_to_disk(api, monkeypatch):
-    "A 4.5 MB upload (Starlette would spool anything over 1 MB to a temporary file) stays in memory."
+    "A 4.5 MB upload (Starlette and python-multipart would each spool anything over 1 MB to a temporary file) stays in memory."
+    from python_multipart.multipart import File
     def refuse(self): raise AssertionError('an upload was spooled to disk')
     monkeypatch.setattr(tempfile.SpooledTemporaryFile, 'rollover', refuse)
+    monkeypatch.setattr(File, 'flush_to_disk', refuse)
     big = png(Image.fromarray(np.random.default_rng(0).integers(0, 256, (1200, 1250, 3), dtype=np.uint8)), 'BMP')
     assert len(big) > 4_000_000
     r = api.post('/v1/classify', files=[('files', ('big.bmp', big))])
