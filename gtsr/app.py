@@ -10,7 +10,7 @@ __all__ = ['VERDICT_COLOURS', 'APP_NOTEBOOK', 'MAX_UPLOAD_BYTES', 'app_classifie
            'voila_command', 'serve']
 
 # %% ../nbs/11_app.ipynb #5a53f854
-import functools, html, io, os, subprocess, sys
+import functools, html, importlib.util, io, os, subprocess, sys
 from pathlib import Path
 import ipywidgets as widgets
 from PIL import Image
@@ -36,6 +36,8 @@ def gradcam_classifier(path=None, # model file (the learner); default `$GTSR_MOD
     clf, path = app_classifier(path), Path(path or default_model_path())
     if clf.learner is not None: return clf
     if path.suffix == '.onnx': raise ModelError(f"Grad-CAM needs the fastai learner, not the ONNX file {path.name}; start the app with --model on the learner (.pkl).")
+    if not all(importlib.util.find_spec(m) for m in ('torch', 'fastai', 'matplotlib')):
+        raise ModelError('Grad-CAM needs the training extra (torch and fastai), which this install lacks: pip install "gtsr[train]"')
     return Classifier.load(path, 'fastai')
 
 @functools.cache

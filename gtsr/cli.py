@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 TRAIN_MODULES = {'torch', 'torchvision', 'fastai', 'accelerate', 'torchmetrics', 'pycocotools', 'onnx', 'onnxscript', 'sklearn',
-                 'imagecorruptions', 'pkg_resources', 'kaggle', 'matplotlib', 'seaborn'} # what the [train] extra installs (pyproject.toml)
+                 'imagecorruptions', 'pkg_resources', 'kaggle', 'matplotlib', 'seaborn', 'pandas'} # what the [train] extra installs (pyproject.toml)
 
 def main(argv=None, # arguments, default `sys.argv[1:]`
         ) -> int:
@@ -411,7 +411,7 @@ def add_evaluate_detector(sub):
 
 def _bench_detector(args):
     from gtsr.detect_train import benchmark_detector_training
-    b = benchmark_detector_training(args.data, args.out, config_from(args, DetectorConfig))
+    b = benchmark_detector_training(args.data, args.out, config_from(args, DetectorConfig), args.resume)
     m = b['metrics']
     print(f"recipe: {b['recipe']}")
     print(f"wall time {b['train_seconds'] / 60:.1f} min training ({b['total_seconds'] / 60:.1f} min with threshold and evaluation), "
@@ -426,6 +426,7 @@ def add_bench_detector(sub):
     b = sub.add_parser('bench-detector', help='retrain the shipped detector; print wall time, peak memory and validation figures')
     b.add_argument('--data', type=Path, default=None, help='extracted GTSDB folder (default: the download folder)')
     b.add_argument('--out', type=Path, default=Path('runs/bench-detector'), help='folder for the run (default: runs/bench-detector)')
+    b.add_argument('--resume', action='store_true', help='continue the interrupted run in --out')
     add_config_options(b, DetectorConfig)
     b.set_defaults(run=_bench_detector)
 

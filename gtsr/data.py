@@ -18,7 +18,6 @@ import hashlib, io, shutil, uuid, warnings
 from contextlib import contextmanager
 from multiprocessing import Pool
 import numpy as np
-import pandas as pd
 from PIL import Image, ImageOps
 
 # %% ../nbs/00_data.ipynb #81285ad1
@@ -78,8 +77,9 @@ _CSV_COLUMNS = {'Width': 'width', 'Height': 'height', 'Roi.X1': 'roi_x1', 'Roi.Y
                 'Roi.X2': 'roi_x2', 'Roi.Y2': 'roi_y2', 'ClassId': 'class_id'}
 COLUMNS = ['path', 'split', 'class_id', 'name', 'track', 'width', 'height', 'roi_x1', 'roi_y1', 'roi_x2', 'roi_y2']
 
-def _read_csv(path:Path, sep:str) -> pd.DataFrame:
+def _read_csv(path:Path, sep:str) -> 'pd.DataFrame':
     "Read one GTSRB annotation CSV, naming the file in any error."
+    import pandas as pd
     try: df = pd.read_csv(path, sep=sep)
     except Exception as e: raise DatasetError(f"Could not read {path}: {e}") from e
     missing = {'Width', 'Height', 'Roi.X1', 'Roi.Y1', 'Roi.X2', 'Roi.Y2'} - set(df.columns)
@@ -91,8 +91,9 @@ def track_id(class_id:int, track:int) -> str:
     return f"{int(class_id):02d}_{int(track):05d}"
 
 # %% ../nbs/00_data.ipynb #15a52aad
-def _official_train(root:Path) -> pd.DataFrame|None:
+def _official_train(root:Path) -> 'pd.DataFrame|None':
     "Training rows of the official layout under `root`, or None if it has none."
+    import pandas as pd
     csvs = sorted(root.glob('**/Final_Training/Images/*/GT-*.csv'))
     if not csvs: return None
     parts = []
@@ -103,8 +104,9 @@ def _official_train(root:Path) -> pd.DataFrame|None:
         parts.append(df)
     return pd.concat(parts, ignore_index=True).assign(split='train')
 
-def _official_test(root:Path) -> pd.DataFrame|None:
+def _official_test(root:Path) -> 'pd.DataFrame|None':
     "Test rows of the official layout under `root` (labelled when GT-final_test.csv is there), or None."
+    import pandas as pd
     image_dirs = [d for d in [root, *root.glob('**/Images')] if d.name == 'Images' and d.parent.name == 'Final_Test']
     if not image_dirs: return None
     images = image_dirs[0]
@@ -119,8 +121,9 @@ def _official_test(root:Path) -> pd.DataFrame|None:
     df['path'] = [str(images/f) for f in df.Filename]
     return df.assign(split='test', track=None)
 
-def _kaggle_part(root:Path, split:str) -> pd.DataFrame|None:
+def _kaggle_part(root:Path, split:str) -> 'pd.DataFrame|None':
     "Rows of Kaggle's Train.csv or Test.csv under `root`, or None if that file is absent."
+    import pandas as pd
     csv = root/f'{split.capitalize()}.csv'
     if not csv.exists(): return None
     df = _read_csv(csv, ',')
@@ -137,10 +140,11 @@ _EXPECTED = ("Expected an extracted GTSRB folder: the official layout "
              "or the Kaggle layout (Train.csv with Train/, Test.csv with Test/). Run `gtsr download` to get it.")
 
 def load_gtsrb(path=None, # extracted GTSRB folder, either layout; default `default_data_dir()`
-              ) -> pd.DataFrame:
+              ) -> 'pd.DataFrame':
     "One row per image of the GTSRB folder at `path`, with the columns in `COLUMNS`."
     root = Path(path or default_data_dir()).expanduser()
     if not root.is_dir(): raise DatasetError(f"{root} is not a folder. {_EXPECTED}")
+    import pandas as pd # after that check: a missing folder is a DatasetError even where pandas is not installed
     parts = [_official_train(root), _official_test(root), _kaggle_part(root, 'train'), _kaggle_part(root, 'test')]
     parts = [p for p in parts if p is not None and len(p)]
     if not parts: raise DatasetError(f"No GTSRB images found in {root}. {_EXPECTED}")
@@ -153,10 +157,10 @@ def load_gtsrb(path=None, # extracted GTSRB folder, either layout; default `defa
     return df[COLUMNS]
 
 # %% ../nbs/00_data.ipynb #62d6a17a
-def track_split(df:pd.DataFrame, # `load_gtsrb` table; only its 'train' rows are split
+def track_split(df:'pd.DataFrame', # `load_gtsrb` table; only its 'train' rows are split
                 valid_pct:float=0.2, # share of each class's tracks that go to validation
                 seed:int=42, # random seed; the same seed gives the same split
-               ) -> tuple[pd.DataFrame, pd.DataFrame]:
+               ) -> 'tuple[pd.DataFrame, pd.DataFrame]':
     "Split the training rows of `df` into (train, valid) with no track in both and every class in both."
     train = df[df.split == 'train']
     if train.empty: raise DatasetError("track_split needs training rows (split == 'train'); this table has none.")
@@ -270,10 +274,11 @@ def image_cache(paths, # image files
     return out
 
 # %% ../nbs/00_data.ipynb #819c41a8
-def reference_images(df:pd.DataFrame, # `load_gtsrb` table
+def reference_images(df:'pd.DataFrame', # `load_gtsrb` table
                      path=None, # the dataset folder, to find Kaggle's Meta pictograms
                     ) -> dict:
     "Class id -> path of a reference picture: Kaggle's Meta pictogram if present, else the clearest large training image."
+    import pandas as pd
     meta = Path(path)/'Meta.csv' if path else None
     if meta is not None and meta.is_file():
         m = pd.read_csv(meta)
@@ -314,8 +319,9 @@ def _scene_images(folder:Path) -> dict:
 
 # %% ../nbs/00_data.ipynb #49925126
 def load_gtsdb(path=None, # extracted GTSDB folder, or the folder holding it; default `default_data_dir('gtsdb')`
-              ) -> pd.DataFrame:
+              ) -> 'pd.DataFrame':
     "One row per sign of the GTSDB folder at `path`, in `gt.txt` order, with the columns in `GTSDB_COLUMNS`."
+    import pandas as pd
     folder = gtsdb_folder(path)
     gt, images = folder/'gt.txt', _scene_images(folder)
     rows = []
@@ -333,18 +339,19 @@ def load_gtsdb(path=None, # extracted GTSDB folder, or the folder holding it; de
     return pd.DataFrame(rows, columns=GTSDB_COLUMNS)
 
 def gtsdb_scenes(path=None, # extracted GTSDB folder, or the folder holding it; default `default_data_dir('gtsdb')`
-                ) -> pd.DataFrame:
+                ) -> 'pd.DataFrame':
     "One row per scene image of the GTSDB folder at `path`: its `path` and its number of `signs` (0: no sign)."
+    import pandas as pd
     folder = gtsdb_folder(path)
     counts = load_gtsdb(folder).path.value_counts()
     paths = sorted(str(p) for p in _scene_images(folder).values())
     return pd.DataFrame({'path': paths, 'signs': [int(counts.get(p, 0)) for p in paths]})
 
 # %% ../nbs/00_data.ipynb #8348a472
-def gtsdb_split(scenes:pd.DataFrame, # `gtsdb_scenes` table
+def gtsdb_split(scenes:'pd.DataFrame', # `gtsdb_scenes` table
                 valid_pct:float=0.2, # share of the scenes with signs, and of those without, that go to validation (at least one of each, if it has two)
                 seed:int=1, # random seed; the same seed gives the same split
-               ) -> tuple[pd.DataFrame, pd.DataFrame]:
+               ) -> 'tuple[pd.DataFrame, pd.DataFrame]':
     "Split `scenes` into (train, valid) whole scenes, the sign-free scenes shared out in the same proportion."
     if not 0 < valid_pct < 1: raise ValueError(f"valid_pct must be between 0 and 1, not {valid_pct}")
     rng = np.random.default_rng(seed)
@@ -371,14 +378,15 @@ def _widened(box, margin:float) -> tuple:
     dx, dy = margin * (x2 - x1 + 1), margin * (y2 - y1 + 1)
     return (x1 - dx, y1 - dy, x2 + dx, y2 + dy)
 
-def background_boxes(scenes:pd.DataFrame, # `gtsdb_scenes` rows to draw from
-                     signs:pd.DataFrame, # `load_gtsdb` rows of (at least) those scenes' signs
+def background_boxes(scenes:'pd.DataFrame', # `gtsdb_scenes` rows to draw from
+                     signs:'pd.DataFrame', # `load_gtsdb` rows of (at least) those scenes' signs
                      per_scene:int=20, # boxes per scene
                      sizes:tuple=(16, 128), # smallest and largest box side in pixels
                      margin:float=0.1, # the crop margin, by which each sign's box is widened before the overlap test
                      seed:int=1, # random seed
-                    ) -> pd.DataFrame:
+                    ) -> 'pd.DataFrame':
     "Random square boxes of sign-like sizes in `scenes` that touch no sign: examples of 'not a traffic sign'."
+    import pandas as pd
     rng, rows = np.random.default_rng(seed), []
     for path in scenes.path:
         width, height = Image.open(path).size
@@ -412,12 +420,13 @@ def _crop_scene(args) -> np.ndarray:
     path, boxes, size, margin = args
     return box_crops(read_image(path), boxes, size, margin)
 
-def scene_crops(rows:pd.DataFrame, # path, x1, y1, x2, y2 of each box (pixels, corners inclusive)
+def scene_crops(rows:'pd.DataFrame', # path, x1, y1, x2, y2 of each box (pixels, corners inclusive)
                 size:int=32, # side of the square each crop is resized to
                 margin:float=0.1, # share of the box's size added on each side (GTSRB's crops keep about 10%)
                 cache_dir=None, # where to keep the array; default `default_cache_dir()`
                ) -> np.ndarray:
     "The boxes of `rows` cut from their scenes, widened by `margin`, as one N x size x size x 3 uint8 array, cached on disk."
+    import pandas as pd
     boxes = rows[['x1', 'y1', 'x2', 'y2']].to_numpy()
     key = hashlib.sha1((rows.path.str.cat(sep='\n') + boxes.tobytes().hex() + f'\n{size}\n{margin}').encode()).hexdigest()[:16]
     cache = Path(cache_dir or default_cache_dir())/f'crops-{size}px-{len(rows)}-{key}.npy'
@@ -439,6 +448,7 @@ def gtsdb_crops(gtsdb, # GTSDB folder (`load_gtsdb`)
                 cache_dir=None, # decoded-image cache
                ) -> tuple[np.ndarray, np.ndarray]:
     "Crops of the signs and of sign-free squares of one side's scenes, as (images, class ids); 'not a traffic sign' is class 43."
+    import pandas as pd
     if side not in ('train', 'valid'): raise ValueError(f"side must be 'train' or 'valid', not {side!r}")
     signs, split = load_gtsdb(gtsdb), gtsdb_split(gtsdb_scenes(gtsdb))
     scenes = split[side == 'valid']

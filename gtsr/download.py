@@ -166,6 +166,7 @@ def _install(dest:Path, # where the extracted dataset goes
         return dest
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise DownloadError(f"{dest} exists but is not a complete gtsr download. Remove it or choose another --dest.")
+    import pandas # noqa: F401 `summarise` reads the dataset's tables with it: without it (a base install), fail before downloading
     with atomic_path(dest, unique=False) as staging: # `.NAME.partial`: what a killed run left there goes first
         staging.mkdir(parents=True)
         downloads = staging/'.archives'; downloads.mkdir()

@@ -35,9 +35,26 @@ def test_train_detector_writes_finder_verifier_and_threshold(tmp_path):
     manifest2 = json.loads((again.parent/'manifest.json').read_text())
     assert file_digest(again) == finder['sha256'] and manifest2['detector.onnx']['recipe'] == finder['recipe']
     assert manifest2['detector-verifier.onnx']['recipe']['width'] == 16 and 'start' not in manifest2['detector-verifier.onnx']['recipe']
+    r = run_gtsr('train-detector', '--data', scenes, '--out', out, '--steps', '40') # the run is done: it is not overwritten
+    assert r.returncode == 1 and 'pass --resume' in r.stderr and file_digest(out) == finder['sha256']
+    r = run_gtsr('train-detector', '--data', scenes, '--out', out, '--steps', '40', '--resume') # nothing left to do
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert file_digest(out) == finder['sha256'] and json.loads((out.parent/'detector-checkpoints'/'progress.json').read_text())['stage'] == 'done'
+    r = run_gtsr('train-detector', '--data', scenes, '--out', out, '--steps', '50', '--resume')
+    assert r.returncode == 1 and 'different options' in r.stderr
     r = run_gtsr('detect', '--json', '--detector', out, *sorted((scenes/'TrainIJCNN2013').glob('*.ppm'))[:2])
     assert r.returncode == 0, r.stderr[-3000:]
     assert [set(x) for x in json.loads(r.stdout)] == [{'path', 'width', 'height', 'signs'}] * 2
+
+def test_train_detector_options_come_from_the_config():
+    "Every `DetectorConfig` field is a `gtsr train-detector` option with the config's default; a bad value stops before any training."
+    from dataclasses import fields
+    from gtsr.cli import build_parser
+    from gtsr.config import DetectorConfig
+    args = build_parser().parse_args(['train-detector', '--out', 'x.onnx'])
+    assert {f.name: getattr(args, f.name) for f in fields(DetectorConfig)} == {f.name: f.default for f in fields(DetectorConfig)}
+    r = run_gtsr('train-detector', '--out', 'never.onnx', '--side', '100')
+    assert r.returncode == 1 and 'multiple of 16' in r.stderr and not Path('never.onnx').exists()
 
 def test_detect_refuses_a_changed_detector(tmp_path):
     "A finder whose bytes differ from its manifest's sha256 is not loaded."
