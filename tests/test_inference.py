@@ -88,13 +88,16 @@ def test_predict_table_json_csv_and_exit_codes(tiny_model, sign, tmp_path):
     r = run_gtsr('predict', '--model', tiny_model, folder/'junk.png', folder/'a.ppm')
     assert r.returncode == 2 and 'ERROR' in r.stdout and 'a.ppm' in r.stdout
 
-def test_onnx_path_imports_neither_torch_nor_fastai(sign):
-    "`gtsr predict`, `gtsr detect`, the app (classifier and detector) and the API on ONNX, in a fresh interpreter: no torch, fastai or torchvision."
-    code = ("import sys\nfrom gtsr.cli import main\nfrom gtsr.app import app_classifier, app_detector, classify_upload\nfrom gtsr.serve import create_app\n"
+def test_onnx_path_imports_neither_torch_nor_fastai(sign, tmp_path):
+    "`gtsr predict`, `gtsr detect`, the app (classifier, detector, reference pictures) and the API on ONNX, in a fresh interpreter: no torch, fastai, torchvision or pandas."
+    code = ("import sys\nfrom fastapi.testclient import TestClient\nfrom gtsr.cli import main\n"
+            "from gtsr.app import app_classifier, app_detector, classify_upload, reference_pictures\nfrom gtsr.serve import create_app\n"
             f"for backend in ('onnx', 'onnx-int8'): assert main(['predict', '--backend', backend, {str(sign)!r}]) == 0\n"
             f"assert main(['detect', {str(sign)!r}]) == 0\n"
-            f"classify_upload('sign', open({str(sign)!r}, 'rb').read(), app_classifier(), detector=app_detector()); create_app()\n"
-            "print(sorted(m for m in ('torch', 'fastai', 'torchvision') if m in sys.modules))")
+            f"classify_upload('sign', open({str(sign)!r}, 'rb').read(), app_classifier(), detector=app_detector())\n"
+            f"assert reference_pictures({str(tmp_path/'no-data')!r}) == {{}} # the app page's call where no GTSRB is downloaded\n"
+            f"with TestClient(create_app()) as client: assert client.post('/v1/classify', files=[('files', open({str(sign)!r}, 'rb'))]).status_code == 200\n"
+            "print(sorted(m for m in ('torch', 'fastai', 'torchvision', 'pandas') if m in sys.modules))")
     r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.strip().splitlines()[-1] == '[]', r.stdout
