@@ -8,7 +8,7 @@ Docs: https://gtsr.github.io/gtsr/detect.html.md"""
 __all__ = ['SCENE_SIDE', 'CROP_MARGIN', 'DEFAULT_MIN_SCORE', 'default_detector_path', 'finder_input', 'finder_boxes', 'box_iou',
            'suppress_overlaps', 'SignDetection', 'find_candidates', 'Detector', 'detection_records', 'draw_detections']
 
-# %% ../nbs/09b_detect.ipynb #c084e29c
+# %% ../nbs/09b_detect.ipynb #3e9f1541
 import os
 from pathlib import Path
 from typing import NamedTuple
@@ -83,7 +83,7 @@ def suppress_overlaps(boxes:np.ndarray, # N x 4 boxes
         order = [j for j in order if ious[i, j] < iou]
     return np.array(keep, dtype=int)
 
-# %% ../nbs/09b_detect.ipynb #ce33dbf9
+# %% ../nbs/09b_detect.ipynb #b2f953fb
 class SignDetection(NamedTuple):
     "One sign found in a photo."
     box: list # x1, y1, x2, y2 in pixels of the photo (x2, y2 just past the sign)
@@ -109,7 +109,7 @@ def find_candidates(finder, # onnxruntime session of a `SignFinder`
     boxes = np.concatenate(found)
     return boxes[suppress_overlaps(boxes[:, :4], boxes[:, 4])][:max_boxes] if len(zooms) > 1 else boxes
 
-# %% ../nbs/09b_detect.ipynb #ed0d0e29
+# %% ../nbs/09b_detect.ipynb #9fab82a2
 class Detector:
     "Finds the traffic signs of a photo (`SignFinder`), checks each candidate (the verifier) and names it (`Classifier`); all ONNX."
     def __init__(self, finder, verifier, classifier:Classifier, path:Path, min_score:float=DEFAULT_MIN_SCORE, max_boxes:int=50, zooms:tuple=(1.0,)):

@@ -9,7 +9,7 @@ __all__ = ['DETECTOR_STAGES', 'ZOOM_CHOICES', 'scenes_and_boxes', 'SceneCrops', 
            'DetectorRun', 'Stepper', 'training_device', 'train_finder', 'verifier_examples', 'verifier_network',
            'train_verifier', 'choose_operating_point', 'train_detector', 'benchmark_detector_training']
 
-# %% ../nbs/09d_detect_train.ipynb #7b3e1544
+# %% ../nbs/09d_detect_train.ipynb #a57926ac
 import json, shutil, time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -26,7 +26,7 @@ from .model import ModelInput, signfinder, signnet, to_onnx
 from .modelfile import default_model_path, load_learner_verified, record_in_manifest, update_manifest_entry, verify_model
 from .train import precision_of, start_run, torch_device
 
-# %% ../nbs/09d_detect_train.ipynb #e33ded09
+# %% ../nbs/09d_detect_train.ipynb #cc7871c8
 def scenes_and_boxes(gtsdb, # GTSDB folder
                      paths:list, # scene files in it
                     ) -> tuple[list, list]:
@@ -113,7 +113,7 @@ def finder_loss(maps, # N x 5 x s x s finder output
     n = centre.sum().clamp(min=1)
     return focal / n + (F.l1_loss(maps[:, 1:], reg, reduction='none') * mask[:, None]).sum() / n
 
-# %% ../nbs/09d_detect_train.ipynb #c195e04a
+# %% ../nbs/09d_detect_train.ipynb #d98a5366
 DETECTOR_STAGES = ['finder', 'verifier', 'threshold', 'done'] # a detector's training stages, in order
 
 def run_folder(out, # the detector's ONNX file
@@ -155,7 +155,7 @@ class DetectorRun:
         self.save(DETECTOR_STAGES[DETECTOR_STAGES.index(stage) + 1], 0)
         (self.folder/f'{stage}.pth').unlink(missing_ok=True)
 
-# %% ../nbs/09d_detect_train.ipynb #12f8f3b1
+# %% ../nbs/09d_detect_train.ipynb #a320cbb4
 class Stepper:
     "AdamW with a one-cycle schedule, one step at a time, on `device` in `precision` (autocast forward; loss scaling for fp16)."
     def __init__(self, net:nn.Module, # the network to train (moved to `device`)
@@ -198,7 +198,7 @@ def training_device(config:DetectorConfig, # resolved options
     log(f"Training the detector ({config.arch}) on {device}{gpu} in {precision}")
     return device, precision
 
-# %% ../nbs/09d_detect_train.ipynb #e40e42d7
+# %% ../nbs/09d_detect_train.ipynb #b4807ccf
 def _finder_for(arch:str, pretrained:bool, width:int):
     "`signfinder(arch, pretrained, width)`, with a `TrainError` that says what to do when ImageNet weights cannot be had."
     try: return signfinder(arch, pretrained, width)
@@ -207,7 +207,7 @@ def _finder_for(arch:str, pretrained:bool, width:int):
         if not pretrained: raise
         raise missing_weights_error(arch, e) from None
 
-# %% ../nbs/09d_detect_train.ipynb #e31e329f
+# %% ../nbs/09d_detect_train.ipynb #f636ae4a
 def _run_record(gtsdb, config:DetectorConfig, **sources) -> dict:
     "What a resumed run must share with the one it continues: the data folder, the other inputs and the config (device aside)."
     return dict(gtsdb=str(Path(gtsdb).absolute()), **{k: str(v) if v is not None else None for k, v in sources.items()}, **asdict(config))
@@ -273,7 +273,7 @@ def verifier_examples(finder, # onnxruntime session of the trained finder
     if not crops: return np.zeros((0, size, size, 3), np.uint8), np.zeros(0, np.int64)
     return np.concatenate(crops), np.concatenate(labels)
 
-# %% ../nbs/09d_detect_train.ipynb #c2c17011
+# %% ../nbs/09d_detect_train.ipynb #716203d0
 def verifier_network(start=None, # a classifier learner (.pkl) of one network whose weights the verifier starts from; None: a fresh signnet
                      width:int=16, # a fresh signnet's first-stage channels
                     ):
@@ -290,7 +290,7 @@ def verifier_network(start=None, # a classifier learner (.pkl) of one network wh
     net[-1] = nn.Linear(net[-1].in_features, 2)
     return ModelInput(net, learn.gtsr['mean'], learn.gtsr['std'])
 
-# %% ../nbs/09d_detect_train.ipynb #9e099c1e
+# %% ../nbs/09d_detect_train.ipynb #6baf6a13
 def train_verifier(gtsdb, # GTSDB folder; the finder's candidates on its training scenes are the examples
                    finder_path, # the trained finder (ONNX, in a manifest)
                    out, # ONNX file to write (listed in the manifest of its folder)
@@ -339,7 +339,7 @@ def train_verifier(gtsdb, # GTSDB folder; the finder's candidates on its trainin
     run.complete('verifier')
     return Path(out)
 
-# %% ../nbs/09d_detect_train.ipynb #445ab3d7
+# %% ../nbs/09d_detect_train.ipynb #a09aa1b9
 ZOOM_CHOICES = [(1.0,), (1.0, 1.5)] # the finder's scales `train_detector` chooses between
 
 def choose_operating_point(path, # a trained finder whose manifest entry names its verifier
@@ -356,7 +356,7 @@ def choose_operating_point(path, # a trained finder whose manifest entry names i
         if best is None or ap > best[0]: best = (ap, zooms, choose_min_score(*match_detections(found, truth)))
     return update_manifest_entry(path, zooms=list(best[1]), min_score=round(best[2], 4))
 
-# %% ../nbs/09d_detect_train.ipynb #830c2f18
+# %% ../nbs/09d_detect_train.ipynb #7b22a14f
 def _copy_finder(finder, # a trained finder (ONNX, in a manifest)
                  path:Path, # where the new detector's finder goes
                 ):
@@ -392,17 +392,18 @@ def train_detector(gtsdb, # GTSDB folder: the finder trains on its training scen
         run.complete('threshold')
     return path
 
-# %% ../nbs/09d_detect_train.ipynb #7893c561
+# %% ../nbs/09d_detect_train.ipynb #56ef1302
 def benchmark_detector_training(gtsdb, # GTSDB folder
                                 out='runs/bench-detector', # folder for the run
                                 config:DetectorConfig=DetectorConfig(), # what to train (the shipped recipe with `gtsrb` set, to reproduce it)
                                 resume:bool=False, # continue the interrupted run in `out`
+                                log=print, # called with one line of progress now and then
                                ) -> dict:
     "Retrain the detector with the shipped recipe (`train_detector`), evaluate it on the validation scenes; return wall time, peak memory and figures."
     import resource
     out = Path(out)
     start = time.time()
-    path = train_detector(gtsdb, out/'detector.onnx', config, resume=resume)
+    path = train_detector(gtsdb, out/'detector.onnx', config, resume=resume, log=log)
     train_seconds = time.time() - start
     metrics = evaluate_detector(gtsdb, Detector.load(path), out/'evaluation')
     return dict(train_seconds=round(train_seconds, 1), total_seconds=round(time.time() - start, 1), recipe=verify_model(path)['recipe'],
