@@ -97,3 +97,25 @@ def test_evaluate_detector_on_the_real_validation_scenes(real_gtsdb, tmp_path):
     assert (m['scenes'], m['signs']) == (120, 172)
     assert (tmp_path/'eval'/'precision_recall.png').is_file() and (tmp_path/'eval'/'metrics.json').is_file()
     assert m['recall'] >= 0.9 and m['precision'] >= 0.9 and m['ap'] >= 0.8, m
+
+def test_a_strip_keeps_its_signs(real_gtsdb, tmp_path):
+    """A 20000x200 strip made of one road photo's band of signs, repeated: what `gtsr detect` finds in the band alone
+    (1360x200) it finds in every copy, instead of shrinking the strip to 1360x14 and losing them all."""
+    from gtsr.data import gtsdb_scenes, gtsdb_split, load_gtsdb
+    signs, (_, valid) = load_gtsdb(real_gtsdb), gtsdb_split(gtsdb_scenes(real_gtsdb))
+    for path in valid.query('signs >= 2').path:
+        rows = signs[signs.path == path]
+        if rows.y2.max() - rows.y1.min() < 150: break
+    top = max(0, int((rows.y1.min() + rows.y2.max()) / 2) - 100)
+    band = Image.open(path).crop((0, top, 1360, top + 200))
+    strip = Image.new('RGB', (20000, 200))
+    for k in range(14): strip.paste(band, (k * 1428, 0))
+    band.save(tmp_path/'band.png'); strip.save(tmp_path/'strip.png')
+    r = run_gtsr('detect', '--json', tmp_path/'band.png', tmp_path/'strip.png')
+    assert r.returncode == 0, r.stderr[-3000:]
+    in_band, in_strip = (record['signs'] for record in json.loads(r.stdout))
+    assert in_band, f"nothing found in the band of {path}"
+    assert (json.loads(r.stdout)[1]['width'], json.loads(r.stdout)[1]['height']) == (20000, 200)
+    for k in range(14): # each copy of the band holds what the band alone held, named the same
+        copy = sorted(s['name'] for s in in_strip if k * 1428 <= s['box'][0] < k * 1428 + 1360)
+        assert copy == sorted(s['name'] for s in in_band), (k, copy)
