@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 TRAIN_MODULES = {'torch', 'torchvision', 'fastai', 'accelerate', 'torchmetrics', 'pycocotools', 'onnx', 'onnxscript', 'sklearn',
-                 'imagecorruptions', 'pkg_resources', 'kaggle', 'matplotlib', 'seaborn', 'pandas', 'httpx', 'httpcore', 'psutil'} # what the [train] extra installs (pyproject.toml)
+                 'imagecorruptions', 'pkg_resources', 'kaggle', 'matplotlib', 'seaborn', 'pandas', 'httpx', 'httpcore'} # what the [train] extra installs (pyproject.toml)
 
 def main(argv=None, # arguments, default `sys.argv[1:]`
         ) -> int:
@@ -433,15 +433,16 @@ def add_bench_detector(sub):
 # %% ../nbs/13_cli.ipynb #47cfba95
 def _serve(args):
     from gtsr.serve import serve
-    serve(args.host, args.port, args.model, args.backend, args.workers, args.max_upload_mb, args.max_files)
+    serve(args.host, args.port, args.model, args.backend, args.workers, args.max_upload_mb, args.max_files, detector=args.detector)
 
 @command
 def add_serve(sub):
     "The options of `gtsr serve`."
-    s = sub.add_parser('serve', help='serve the HTTP API (FastAPI: POST /v1/classify, GET /v1/model, /health, /docs)')
+    s = sub.add_parser('serve', help='serve the HTTP API (FastAPI: POST /v1/classify and /v1/detect, GET /v1/model, /health, /metrics, /docs)')
     s.add_argument('--host', default='127.0.0.1', help='interface to listen on (default 127.0.0.1)')
     s.add_argument('--port', type=int, default=8000, help='TCP port (default 8000)')
     add_model_options(s, backend='onnx-int8')
+    s.add_argument('--detector', type=Path, default=None, help='finder ONNX file for /v1/detect (default: $GTSR_DETECTOR or the shipped detector)')
     s.add_argument('--workers', type=int, default=1, help='worker processes, each with its own copy of the model (default 1)')
     s.add_argument('--max-upload-mb', type=float, default=MAX_UPLOAD_MB, help=f'largest request body accepted, in MB (default {MAX_UPLOAD_MB:g})')
     s.add_argument('--max-files', type=int, default=MAX_FILES, help=f'most files in one request (default {MAX_FILES})')
@@ -449,8 +450,10 @@ def add_serve(sub):
 
 def _bench_serve(args):
     from gtsr.loadgen import benchmark_serve
-    table = benchmark_serve(args.model, args.backend, args.workers, tuple(args.clients), args.requests)
-    print(f"single-image POST /v1/classify, {args.backend}, {args.workers} worker(s), {os.cpu_count()} cores, loopback")
+    image = args.image.read_bytes() if args.image else None
+    table = benchmark_serve(args.model, args.backend, args.workers, tuple(args.clients), args.requests, image, endpoint=args.endpoint)
+    sent = args.image.name if args.image else ('a 32x32 PNG' if args.endpoint == 'classify' else 'a drawn 1360x800 road scene')
+    print(f"POST /v1/{args.endpoint}, one image per request ({sent}), {args.backend}, {args.workers} worker(s), {os.cpu_count()} cores, loopback")
     print(markdown_table(table) if args.markdown else table.to_string()) # the table is indexed by the number of clients
 
 @command
@@ -458,16 +461,18 @@ def add_bench_serve(sub):
     "The options of `gtsr bench-serve`."
     b = sub.add_parser('bench-serve', help='requests/s and p50/p95 latency of the HTTP API at 1, 8 and 32 concurrent clients')
     add_model_options(b, backend='onnx-int8')
+    b.add_argument('--endpoint', choices=['classify', 'detect'], default='classify', help='POST /v1/classify (default) or /v1/detect')
+    b.add_argument('--image', type=Path, default=None, help='the image each request sends (default: a 32x32 PNG, or a drawn 1360x800 road scene for detect)')
     b.add_argument('--workers', type=int, default=1, help='server worker processes (default 1)')
     b.add_argument('--clients', type=int, nargs='+', default=[1, 8, 32], help='concurrency levels (default 1 8 32)')
-    b.add_argument('--requests', type=int, default=2000, help='requests per level (default 2000)')
+    b.add_argument('--requests', type=int, default=None, help='requests per level (default 2000 for classify, 100 for detect)')
     b.add_argument('--markdown', action='store_true', help='print a Markdown table')
     b.set_defaults(run=_bench_serve)
 
 # %% ../nbs/13_cli.ipynb #38e6d237
 def _app(args):
     from gtsr.app import serve
-    return serve(port=args.port, model=args.model)
+    return serve(port=args.port, model=args.model, cull_idle=args.cull_idle)
 
 @command
 def add_app(sub):
@@ -475,6 +480,7 @@ def add_app(sub):
     a = sub.add_parser('app', help='start the Voila web app on 127.0.0.1')
     a.add_argument('--port', type=int, default=8866, help='port on 127.0.0.1 (default 8866)')
     a.add_argument('--model', type=Path, default=None, help='model file (default: the shipped model)')
+    a.add_argument('--cull-idle', type=int, default=None, help='seconds before a kernel left without a page is shut down (default $GTSR_APP_CULL_IDLE or 300; 0: never)')
     a.set_defaults(run=_app)
 
 # %% ../nbs/13_cli.ipynb #ca95055f

@@ -8,7 +8,7 @@ Docs: https://gtsr.github.io/gtsr/detect_evaluate.html.md"""
 __all__ = ['SIZE_BINS', 'sign_boxes', 'match_detections', 'average_precision', 'operating_point', 'choose_min_score',
            'scene_detections', 'evaluate_detector', 'benchmark_detector']
 
-# %% ../nbs/09c_detect_evaluate.ipynb #a05dadbb
+# %% ../nbs/09c_detect_evaluate.ipynb #4f9a4f04
 import json, time
 from pathlib import Path
 import numpy as np
@@ -16,7 +16,7 @@ import pandas as pd
 from .data import CLASS_NAMES, atomic_path, gtsdb_scenes, gtsdb_split, load_gtsdb, read_image
 from .detect import Detector, SignDetection, box_iou
 
-# %% ../nbs/09c_detect_evaluate.ipynb #9d223063
+# %% ../nbs/09c_detect_evaluate.ipynb #ca303b7b
 def sign_boxes(rows:pd.DataFrame, # `load_gtsdb` rows (corners inclusive)
               ) -> np.ndarray:
     "The rows' boxes as K x 4 float continuous corners (x2, y2 just past the sign), the form found boxes have."
@@ -104,7 +104,7 @@ def scene_detections(detector:Detector, # the detector
         truth.append(signs[signs.path == path])
     return scenes, found, truth, seconds
 
-# %% ../nbs/09c_detect_evaluate.ipynb #7269da0d
+# %% ../nbs/09c_detect_evaluate.ipynb #496e2781
 def _tiles(items:list, # (image path, box, caption) triples
            path, # PNG to write
            title:str, # figure title
@@ -166,7 +166,7 @@ def evaluate_detector(gtsdb, # GTSDB folder
                 for r in alarms.itertuples()][:48], out/'false_alarms.png', f'False alarms ({len(alarms)})')
     return metrics
 
-# %% ../nbs/09c_detect_evaluate.ipynb #5a04b811
+# %% ../nbs/09c_detect_evaluate.ipynb #75e3a08a
 def benchmark_detector(detector:Detector|None=None, # default `Detector.load()`
                        photos:list|None=None, # photos to time (paths, PIL images...); default two drawn 1360x800 scenes
                        repeats:int=3, # passes over the photos

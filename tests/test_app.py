@@ -1,5 +1,5 @@
 "The Voila app in real headless Chromium: upload a known sign and a non-image, read the page, take screenshots."
-import io, os, shutil, socket, subprocess, sys, time, urllib.request
+import io, os, shutil, signal, socket, subprocess, sys, time, urllib.request
 from pathlib import Path
 import pytest
 from PIL import Image
@@ -178,3 +178,50 @@ def test_app_boxes_and_names_the_signs_of_a_real_road_photo(browser, app_url, re
     print(f"12-megapixel photo ({big.stat().st_size / 1e6:.1f} MB) answered {time.time() - start:.2f} s after the upload")
     assert one['name'] in page.inner_text('.gtsr-sign')
     page.close()
+
+def start_app(port:int, log:Path, **env) -> subprocess.Popen:
+    "`gtsr app` on 127.0.0.1:`port` with the shipped model, SIGINT and SIGHUP at their defaults (a background shell ignores them), once it answers."
+    proc = subprocess.Popen([sys.executable, '-m', 'gtsr.cli', 'app', '--port', str(port)], stdout=open(log, 'w'), stderr=subprocess.STDOUT, cwd=ROOT,
+                            env={**os.environ, 'GTSR_MODEL': str(default_model_path()), **env},
+                            preexec_fn=lambda: [signal.signal(s, signal.SIG_DFL) for s in (signal.SIGINT, signal.SIGHUP)])
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try: urllib.request.urlopen(f'http://127.0.0.1:{port}/voila/static/voila.js', timeout=5); return proc
+        except Exception: time.sleep(0.2)
+        assert proc.poll() is None, f"gtsr app exited early: {log.read_text()}"
+    proc.kill(); pytest.fail(f"gtsr app did not answer within 120 s: {log.read_text()}")
+
+def kernels(proc:subprocess.Popen) -> list:
+    "The kernel processes below `gtsr app`."
+    import psutil
+    def is_kernel(p):
+        try: return 'ipykernel' in ' '.join(p.cmdline())
+        except psutil.NoSuchProcess: return False # gone, or a zombie not yet reaped
+    return [p for p in psutil.Process(proc.pid).children(recursive=True) if is_kernel(p)]
+
+def test_closed_and_abandoned_pages_free_their_kernels(browser, tmp_path):
+    """Ten pages, five at a time: five left as a tab is closed or navigated away from (the page's shutdown request on
+    `beforeunload`, which Playwright's `page.close` skips), five dropped without a word (as a crashed browser or a lost
+    connection leaves them, for the culler): at most one kernel is left after the culling time."""
+    port, log = free_port(), tmp_path/'app.log'
+    proc = start_app(port, log, GTSR_APP_CULL_IDLE='5')
+    try:
+        start, peak = time.time(), 0
+        for say_goodbye in (True, False):
+            pages = [browser.new_page() for _ in range(5)]
+            for page in pages: page.goto(f'http://127.0.0.1:{port}/', wait_until='commit', timeout=60_000)
+            for page in pages: page.wait_for_selector('button.widget-upload', timeout=60_000)
+            peak = max(peak, len(kernels(proc)))
+            closed = time.time()
+            for page in pages:
+                if say_goodbye: page.goto('about:blank')
+                page.close()
+            while kernels(proc) and time.time() - closed < 15: time.sleep(0.2)
+            print(f"{'closed' if say_goodbye else 'abandoned'}: {len(kernels(proc))} kernel(s) left {time.time() - closed:.1f} s later")
+        text = log.read_text()
+        culled, shut = text.count("Culling 'idle' kernel"), text.count('Kernel shutdown: ')
+        print(f"peak {peak} kernels; {shut - culled} shut down by their pages, {culled} culled; {time.time() - start:.1f} s in all")
+        assert peak >= 5 and len(kernels(proc)) <= 1
+        assert '403 POST /voila/api/shutdown' not in text and shut - culled >= 5, text[-3000:]
+    finally:
+        proc.terminate(); proc.wait(20)

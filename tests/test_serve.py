@@ -1,7 +1,9 @@
-"""The HTTP API (`gtsr serve`) on the shipped INT8 model: each endpoint, each refusal, a schema fuzz run against the live
-OpenAPI schema, a bounded load test on loopback with steady memory, and uploads that never touch the disk."""
-import asyncio, io, json, tempfile
+"""The HTTP API (`gtsr serve`) on the shipped INT8 model and detector: each endpoint, each refusal, docs that need no
+CDN, Prometheus metrics, a schema fuzz run against the live OpenAPI schema, bounded load tests on loopback with steady
+memory, and uploads that never touch the disk."""
+import asyncio, io, json, re, tempfile
 from pathlib import Path
+import httpx
 import numpy as np
 import psutil
 import pytest
@@ -10,7 +12,8 @@ from PIL import Image
 from conftest import ROOT
 from gtsr.cli import predict_files
 from gtsr.data import CLASS_NAMES, file_digest
-from gtsr.loadgen import drive, free_port, start_server
+from gtsr.detect import Detector, detection_records
+from gtsr.loadgen import drawn_scene, drive, free_port, start_server
 from gtsr.serve import create_app
 from gtsr.synthetic import draw_sign
 
@@ -20,6 +23,7 @@ def png(img:Image.Image, fmt:str='PNG') -> bytes:
     buf = io.BytesIO(); img.save(buf, fmt); return buf.getvalue()
 
 STOP, PRIORITY = png(draw_sign(14, 32)), png(draw_sign(12, 48))
+ROAD, SMALL_ROAD = drawn_scene((680, 400)), drawn_scene((340, 200)) # JPEG road scenes with drawn signs
 
 @pytest.fixture(scope='module')
 def api():
@@ -76,6 +80,69 @@ def test_model_and_health(api):
     assert m['calibration'] == {'confidence_threshold': entry['confidence_threshold'], 'temperature': entry['temperature'],
                                 'int8_calibration_images': entry['calibration_images']}
     assert api.get('/health').json() == {'status': 'ok', 'model': 'model-int8.onnx', 'backend': 'onnx-int8'}
+    finder = json.loads((MODELS/'manifest.json').read_text())['detector.onnx']
+    assert m['detector'] == {'finder': {'name': 'detector.onnx', 'sha256': file_digest(MODELS/'detector.onnx')},
+                             'verifier': {'name': 'detector-verifier.onnx', 'sha256': file_digest(MODELS/'detector-verifier.onnx')},
+                             'min_score': finder['min_score'], 'zooms': finder['zooms']}
+
+def test_detect_matches_gtsr_detect_json(api, tmp_path):
+    "Same records as `gtsr detect --json` (`detection_records` with `Detector.load`) on the same photos, in upload order."
+    (tmp_path/'road.jpg').write_bytes(ROAD); (tmp_path/'stop.png').write_bytes(STOP)
+    detector = Detector.load()
+    # the shipped detector, trained on real photos, scores drawn signs low: report every sign, so that some are compared
+    api.app.state.detector.min_score = detector.min_score = 0.0
+    try: r = api.post('/v1/detect', files=[('files', ('road.jpg', ROAD, 'image/jpeg')), ('files', ('stop.png', STOP, 'image/png'))])
+    finally: api.app.state.detector.min_score = Detector.load().min_score
+    assert r.status_code == 200, r.text
+    got = r.json()
+    cli = detection_records(detector, [tmp_path/'road.jpg', tmp_path/'stop.png'], ['road.jpg', 'stop.png'])
+    assert [(g['path'], g['width'], g['height']) for g in got] == [('road.jpg', 680, 400), ('stop.png', 32, 32)]
+    assert got[0]['signs'], "no sign found in the drawn road scene"
+    for g, c in zip(got, cli):
+        assert [(s['box'], s['class_id'], s['name']) for s in g['signs']] == [(s['box'], s['class_id'], s['name']) for s in c['signs']]
+        assert np.allclose([[s['probability'], s['score']] for s in g['signs']], [[s['probability'], s['score']] for s in c['signs']], atol=1e-4)
+
+def test_detect_refusals_are_those_of_classify(api, small_api):
+    "The same caps and JSON errors naming the file as /v1/classify."
+    body = assert_refused(api.post('/v1/detect', files=[('files', ('road.jpg', ROAD)), ('files', ('notes.txt', b'not a photo'))]),
+                          422, 'notes.txt', 'not readable images')
+    assert [e['path'] for e in body['errors']] == ['notes.txt'] and 'road.jpg' not in body['detail']
+    assert_refused(api.post('/v1/detect', json={'files': ['x']}), 415, 'multipart/form-data')
+    assert_refused(api.post('/v1/detect', data={'note': 'hi'}, files=[('other', ('a.png', STOP))]), 422, 'no file')
+    assert_refused(small_api.post('/v1/detect', files=[('files', ('big.jpg', bytes(60_000)))]), 413, 'too large')
+    assert_refused(small_api.post('/v1/detect', files=[('files', (f'{i}.png', STOP)) for i in range(3)]), 413, 'too many files')
+
+def test_docs_need_no_cdn(api):
+    "/docs refers to local files only (Swagger UI from the package), and each of them answers."
+    page = api.get('/docs')
+    assert page.status_code == 200 and 'SwaggerUIBundle' in page.text
+    urls = re.findall(r'(?:href|src)=["\']([^"\']+)', page.text) + re.findall(r"url: *'([^']+)'", page.text)
+    assert len(urls) >= 4 and all(u.startswith('/') and not u.startswith('//') for u in urls), urls
+    assert 'http' not in page.text.replace('http-equiv', ''), "the docs page names a remote URL"
+    for u in urls:
+        r = api.get(u)
+        assert r.status_code == 200 and len(r.content) > 100, (u, r.status_code)
+    assert api.get('/docs-assets/swagger-ui-bundle.js').headers['content-type'].startswith(('application/javascript', 'text/javascript'))
+    assert api.get('/docs-assets/swagger-ui.css').headers['content-type'].startswith('text/css')
+
+def test_metrics_in_prometheus_format(api):
+    "Requests by handler and status, a latency histogram, errors, and each model file's sha256."
+    from prometheus_client.parser import text_string_to_metric_families
+    api.get('/health'); api.post('/v1/classify', files=[('files', ('notes.txt', b'hello'))])
+    r = api.get('/metrics')
+    assert r.status_code == 200 and r.headers['content-type'].startswith('text/plain')
+    samples = [s for f in text_string_to_metric_families(r.text) for s in f.samples]
+    def value(name, **labels):
+        return sum(s.value for s in samples if s.name == name and labels.items() <= s.labels.items())
+    assert value('http_requests_total', handler='/health', status='200') >= 1
+    assert value('http_requests_total', handler='/v1/classify', status='422') >= 1 # an error, by its status
+    assert value('http_request_duration_seconds_count', handler='/v1/classify') >= 1
+    assert value('http_request_duration_seconds_bucket', handler='/v1/classify', le='+Inf') >= 1
+    files = {s.labels['role']: (s.labels['file'], s.labels['sha256']) for s in samples if s.name == 'gtsr_model_file_info'}
+    assert files == {'classifier': ('model-int8.onnx', file_digest(MODELS/'model-int8.onnx')),
+                     'finder': ('detector.onnx', file_digest(MODELS/'detector.onnx')),
+                     'verifier': ('detector-verifier.onnx', file_digest(MODELS/'detector-verifier.onnx'))}
+    assert '/metrics' not in api.get('/openapi.json').json()['paths']
 
 def test_docs_and_typed_openapi_schema(api):
     assert api.get('/docs').status_code == 200 and 'swagger' in api.get('/docs').text.lower()
@@ -83,8 +150,10 @@ def test_docs_and_typed_openapi_schema(api):
     op = schema['paths']['/v1/classify']['post']
     assert op['requestBody']['content']['multipart/form-data']['schema']['required'] == ['files']
     assert {'200', '400', '413', '415', '422'} <= set(op['responses'])
-    assert {'ClassifyResult', 'ErrorResponse', 'ModelInfo', 'Health'} <= set(schema['components']['schemas'])
-    assert set(schema['paths']) == {'/v1/classify', '/v1/model', '/health'}
+    assert schema['paths']['/v1/detect']['post']['requestBody'] == op['requestBody']
+    assert {'200', '400', '413', '415', '422'} <= set(schema['paths']['/v1/detect']['post']['responses'])
+    assert {'ClassifyResult', 'DetectResult', 'ErrorResponse', 'ModelInfo', 'Health'} <= set(schema['components']['schemas'])
+    assert set(schema['paths']) == {'/v1/classify', '/v1/detect', '/v1/model', '/health'}
 
 # --- every refusal: its status and a JSON body naming the problem
 
@@ -189,6 +258,23 @@ def test_load_2000_requests_from_32_clients(live):
     assert growth < 25, f"server RSS grew by {growth:.1f} MB over 2,000 requests"
     assert proc.poll() is None
 
+def test_detect_load_from_4_clients(live):
+    "100 photo requests from 4 concurrent clients: no errors, every answer in bounded time, server memory steady."
+    url, proc, _ = live
+    server = psutil.Process(proc.pid)
+    files = [('files', ('road.jpg', SMALL_ROAD, 'image/jpeg'))]
+    _, errors = asyncio.run(drive(f'{url}/v1/detect', files, 4, 12)) # warm up
+    assert errors == 0
+    before = server.memory_info().rss
+    latencies, errors = asyncio.run(drive(f'{url}/v1/detect', files, 4, 100))
+    growth = (server.memory_info().rss - before) / 2**20
+    print(f"detect load: 100 requests of a 340x200 photo, p50 {1000 * np.median(latencies):.0f} ms, "
+          f"p95 {1000 * np.percentile(latencies, 95):.0f} ms, server RSS {before / 2**20:.0f} MB, growth {growth:+.1f} MB")
+    assert errors == 0 and len(latencies) == 100
+    assert max(latencies) < 10, f"a detect request took {max(latencies):.1f} s"
+    assert growth < 30, f"server RSS grew by {growth:.1f} MB over 100 detect requests"
+    assert httpx.get(f'{url}/health', timeout=10).status_code == 200 and proc.poll() is None
+
 # --- schema fuzzing against the live OpenAPI schema
 
 @pytest.mark.parametrize('mode', ['positive', 'negative'])
@@ -208,10 +294,10 @@ def test_schema_fuzz(live, mode):
     config = SchemathesisConfig.from_dict({'checks': {'negative_data_rejection': {'expected-statuses': [400, 404, 405, 413, 415, 422]}}})
     schema = schemathesis.openapi.from_url(f'{live[0]}/openapi.json', config=config)
     operations = [r.ok() for r in schema.get_all_operations()]
-    assert {o.path for o in operations} == {'/v1/classify', '/v1/model', '/health'}
+    assert {o.path for o in operations} == {'/v1/classify', '/v1/detect', '/v1/model', '/health'}
     calls = []
     for op in operations:
-        if mode == 'negative' and op.path != '/v1/classify': continue # GET /health, /v1/model take no input to make invalid
+        if mode == 'negative' and op.method.upper() != 'POST': continue # GET /health, /v1/model take no input to make invalid
         @given(case=op.as_strategy(GenerationMode(mode)))
         @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True, database=None)
         def check(case):
