@@ -15,7 +15,7 @@ __all__ = ['COMMANDS', 'TRAIN_MODULES', 'IMAGE_SUFFIXES', 'command', 'build_pars
 # %% ../nbs/13_cli.ipynb #cb9802ec
 import argparse, os, sys
 from pathlib import Path
-from .config import MAX_FILES, MAX_UPLOAD_MB, DetectorConfig, TrainConfig
+from .config import MAX_DECODE_MP, MAX_FILES, MAX_UPLOAD_MB, QUEUE_TIMEOUT, READ_TIMEOUT, REQUEST_TIMEOUT, DetectorConfig, TrainConfig
 from .data import GtsrError, default_data_dir
 from .modelfile import BACKENDS
 
@@ -192,8 +192,9 @@ def predict_files(paths, # image files
 def format_results(results:list[dict], # `predict_files` records
                    fmt:str='table', # 'table', 'json' or 'csv'
                   ) -> str:
-    "`predict_files` records as a readable table, JSON or CSV."
+    "`predict_files` records as a readable table (probabilities as `format_probability` says them, guesses under 1% left out), JSON or CSV."
     import csv, io, json
+    from gtsr.inference import format_probability
     if fmt == 'json': return json.dumps(results, indent=1)
     if fmt == 'csv':
         buf = io.StringIO(); w = csv.writer(buf, lineterminator='\n')
@@ -204,14 +205,15 @@ def format_results(results:list[dict], # `predict_files` records
                 w.writerow([r['path'], k, p['class_id'], p['name'], f"{p['probability']:.6f}", r['verdict'], ''])
         return buf.getvalue().rstrip('\n')
     width = min(max([len(r['path']) for r in results] + [4]), 60)
-    lines = [f"{'file':<{width}}  {'prediction':<40} {'prob':>6}  other guesses"]
+    lines = [f"{'file':<{width}}  {'prediction':<40} {'prob':>8}  other guesses"]
     for r in results:
         name = r['path'] if len(r['path']) <= width else '...' + r['path'][-width + 3:]
         if 'error' in r: lines.append(f"{name:<{width}}  ERROR: {r['error']}"); continue
         top, *rest = r['predictions']
-        label = {'sign': top['name'], 'not_sure': f"not sure: {top['name']}?", 'not_a_sign': f"not a traffic sign (not {top['name']})"}[r['verdict']]
-        others = ', '.join(f"{p['name']} {p['probability']:.0%}" for p in rest[:3])
-        lines.append(f"{name:<{width}}  {top['class_id']:>2} {label[:37]:<37} {top['probability']:>6.1%}  {others}")
+        if r['verdict'] == 'not_a_sign': lines.append(f"{name:<{width}}  {'-':>2} not a traffic sign"); continue # names no sign at "under 1%"
+        label = {'sign': top['name'], 'not_sure': f"not sure: {top['name']}?"}[r['verdict']]
+        others = ', '.join(f"{p['name']} {format_probability(p['probability'])}" for p in rest[:3] if p['probability'] >= 0.01)
+        lines.append(f"{name:<{width}}  {top['class_id']:>2} {label[:37]:<37} {format_probability(top['probability']):>8}  {others}")
     return '\n'.join(lines)
 
 def _predict(args):
@@ -313,12 +315,14 @@ def add_bench_train(sub):
 # %% ../nbs/13_cli.ipynb #5417e08b
 def format_detections(records:list[dict], # `detection_records`
                      ) -> str:
-    "`detection_records` as readable lines: one per photo, then one per sign found."
+    "`detection_records` as readable lines: one per photo, then one per sign found (probabilities as `format_probability` says them)."
+    from gtsr.inference import format_probability
     lines = []
     for r in records:
         if 'error' in r: lines.append(f"{r['path']}: ERROR: {r['error']}"); continue
-        lines.append(f"{r['path']} ({r['width']}x{r['height']}): {len(r['signs'])} sign{'s' * (len(r['signs']) != 1)}")
-        lines += [f"  {n}. {s['name']} ({s['probability']:.0%}), box {s['box']}, score {s['score']:.2f}" for n, s in enumerate(r['signs'], 1)]
+        n = len(r['signs'])
+        lines.append(f"{r['path']} ({r['width']}x{r['height']}): " + (f"{n} sign{'s' * (n != 1)}" if n else 'no traffic sign found'))
+        lines += [f"  {n}. {s['name']} ({format_probability(s['probability'])}), box {s['box']}, score {s['score']:.2f}" for n, s in enumerate(r['signs'], 1)]
     return '\n'.join(lines)
 
 def write_drawn(records:list[dict], # `detection_records` of image files
@@ -433,7 +437,8 @@ def add_bench_detector(sub):
 # %% ../nbs/13_cli.ipynb #47cfba95
 def _serve(args):
     from gtsr.serve import serve
-    serve(args.host, args.port, args.model, args.backend, args.workers, args.max_upload_mb, args.max_files, detector=args.detector)
+    serve(args.host, args.port, args.model, args.backend, args.workers, args.max_upload_mb, args.max_files, detector=args.detector,
+          max_decode_mp=args.max_decode_mp, queue_timeout=args.queue_timeout, request_timeout=args.request_timeout, read_timeout=args.read_timeout)
 
 @command
 def add_serve(sub):
@@ -446,6 +451,9 @@ def add_serve(sub):
     s.add_argument('--workers', type=int, default=1, help='worker processes, each with its own copy of the model (default 1)')
     s.add_argument('--max-upload-mb', type=float, default=MAX_UPLOAD_MB, help=f'largest request body accepted, in MB (default {MAX_UPLOAD_MB:g})')
     s.add_argument('--max-files', type=int, default=MAX_FILES, help=f'most files in one request (default {MAX_FILES})')
+    for flag, default, meaning in (('--max-decode-mp', MAX_DECODE_MP, 'most megapixels decoded at once; a larger upload gets 413'), ('--queue-timeout', QUEUE_TIMEOUT, 'most seconds an upload waits to be decoded, then 503'),
+                                   ('--request-timeout', REQUEST_TIMEOUT, 'most seconds per request, then 504'), ('--read-timeout', READ_TIMEOUT, 'most seconds between two chunks of a body, then 408')):
+        s.add_argument(flag, type=float, default=default, help=f'{meaning} (default {default:g})')
     s.set_defaults(run=_serve)
 
 def _bench_serve(args):

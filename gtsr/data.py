@@ -210,6 +210,7 @@ def _array_to_image(a:np.ndarray) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(a))
 
 def read_image(src, # a path, bytes, a PIL image or a numpy array
+               reduce_to:tuple|None=None, # (width, height): decode a large JPEG reduced by 2, 4 or 8 while it stays at least this big
               ) -> Image.Image:
     "`src` as an upright RGB PIL image; raise `ImageError` naming `src` if it is not a readable image."
     name = _describe(src)
@@ -230,6 +231,7 @@ def read_image(src, # a path, bytes, a PIL image or a numpy array
                 img = Image.open(fp)
         if img.width * img.height > MAX_PIXELS:
             raise ImageError(f"{img.width}x{img.height} pixels is over the limit of {MAX_PIXELS:,} (possible decompression bomb)")
+        if reduce_to and img.format == 'JPEG': img.draft(None, tuple(reduce_to)) # the decoder scales in the DCT: a fraction of the memory and time
         img.load()
         return _to_rgb(ImageOps.exif_transpose(img))
     except ImageError as e: raise ImageError(f"{name}: {e}") from None

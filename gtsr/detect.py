@@ -7,7 +7,8 @@ Docs: https://gtsr.github.io/gtsr/detect.html.md"""
 # %% auto #0
 __all__ = ['SCENE_SIDE', 'SCENE_SHORT_SIDE', 'FINDER_TILE', 'CROP_MARGIN', 'DEFAULT_MIN_SCORE', 'default_detector_path',
            'finder_scale', 'finder_array', 'finder_input', 'finder_tiles', 'finder_boxes', 'box_iou',
-           'suppress_overlaps', 'SignDetection', 'find_candidates', 'Detector', 'detection_records', 'draw_detections']
+           'suppress_overlaps', 'SignDetection', 'find_candidates', 'Detector', 'detection_records', 'place_tags',
+           'draw_detections']
 
 # %% ../nbs/09b_detect.ipynb #0279fa8a
 import os
@@ -221,22 +222,51 @@ def _font(px:int):
     "Pillow's own font at `px` pixels (no font file needed)."
     return ImageFont.load_default(size=px)
 
+def _gap(a, b) -> float:
+    "Distance between rectangles `a` and `b` ([x1, y1, x2, y2], ends excluded); 0 if they touch or overlap."
+    return float(np.hypot(max(b[0] - a[2], a[0] - b[2], 0), max(b[1] - a[3], a[1] - b[3], 0)))
+
+def _overlap(a, b) -> bool: return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+def place_tags(size:tuple, # the photo's (width, height)
+               boxes:list, # what each tag belongs to, [x1, y1, x2, y2] with the ends excluded
+               tags:list, # each tag's (width, height)
+               gap:int=2, # pixels kept clear between a tag and any box or other tag
+              ) -> list[list[int]]:
+    "Where each tag goes, [x1, y1, x2, y2]: inside the photo, clear of every box and of the tags before it, as near its own box as that allows."
+    width, height = size
+    taken = [[x1 - gap, y1 - gap, x2 + gap, y2 + gap] for x1, y1, x2, y2 in boxes]
+    placed = []
+    for k, (box, (w, h)) in enumerate(zip(boxes, tags)):
+        x1, y1, x2, y2 = taken[k]
+        beside = [(x1, y1 - h), (x2 - w, y1 - h), (x1, y2), (x2 - w, y2), (x2, y1), (x1 - w, y1)] # above, below, right, left
+        step = max(1, h // 3)
+        grid = sorted(((x, y) for x in range(0, width - w + 1, step) for y in range(0, height - h + 1, step)),
+                      key=lambda xy: _gap(box, [xy[0], xy[1], xy[0] + w, xy[1] + h]))
+        for x, y in beside + grid:
+            tag = [x, y, x + w, y + h]
+            if x >= 0 and y >= 0 and x + w <= width and y + h <= height and not any(_overlap(tag, t) for t in taken): break
+        else: tag = [min(max(0, x1), max(0, width - w)), min(max(0, y1 - h), max(0, height - h))] # no room anywhere: by its box
+        tag = [*tag[:2], tag[0] + w, tag[1] + h]
+        placed.append(tag); taken.append([tag[0] - gap, tag[1] - gap, tag[2] + gap, tag[3] + gap])
+    return placed
+
 def draw_detections(image, # the photo (anything `read_image` takes)
                     detections:list[SignDetection], # what `Detector.detect` found in it
-                    colour:str='#ffd400', # box colour
+                    colour:str='#ffd400', # box and tag colour
+                    tag_px:int|None=None, # the numbers' size in pixels; default a 30th of the photo's width
                    ) -> Image.Image:
-    "A copy of the photo with each detection boxed, numbered and named (numbers follow the list, from 1)."
+    "A copy of the photo with each detection boxed and numbered (numbers follow the list, from 1) on a tag outside every box and clear of the other tags."
     img = read_image(image).copy()
     draw = ImageDraw.Draw(img)
-    line = max(2, round(max(img.size) / 500))
-    font = _font(max(12, round(max(img.size) / 70)))
-    for n, d in enumerate(detections, 1):
-        x1, y1, x2, y2 = d.box
-        draw.rectangle([x1 - line, y1 - line, x2 + line, y2 + line], outline=colour, width=line)
-        label = f"{n} {d.name} {d.probability:.0%}"
-        left, top, right, bottom = draw.textbbox((0, 0), label, font=font)
-        ty = y1 - line - (bottom - top) - 6 if y1 - line - (bottom - top) - 6 >= 0 else y2 + line + 2
-        tx = min(max(0, x1 - line), max(0, img.width - (right - left) - 6))
-        draw.rectangle([tx, ty, tx + right - left + 6, ty + bottom + 4], fill=colour)
-        draw.text((tx + 3, ty + 2 - top), label, fill='black', font=font)
+    line = max(2, round(img.width / 400))
+    font = _font(tag_px or max(14, round(img.width / 30)))
+    _, top, _, bottom = draw.textbbox((0, 0), '0123456789', font=font)
+    pad = max(2, (bottom - top) // 5)
+    sizes = [(round(draw.textlength(str(n), font=font)) + 2 * pad, bottom - top + 2 * pad) for n in range(1, len(detections) + 1)]
+    boxes = [[x1 - line, y1 - line, x2 + line + 1, y2 + line + 1] for x1, y1, x2, y2 in (d.box for d in detections)] # the drawn outline's outer edge
+    for b in boxes: draw.rectangle([b[0], b[1], b[2] - 1, b[3] - 1], outline=colour, width=line)
+    for n, (x1, y1, x2, y2) in enumerate(place_tags(img.size, boxes, sizes, gap=line), 1):
+        draw.rectangle([x1, y1, x2 - 1, y2 - 1], fill=colour, outline='black', width=max(1, line // 2))
+        draw.text(((x1 + x2) / 2, y1 + pad - top), str(n), fill='black', font=font, anchor='ma')
     return img

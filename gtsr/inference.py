@@ -6,7 +6,7 @@ Docs: https://gtsr.github.io/gtsr/inference.html.md"""
 
 # %% auto #0
 __all__ = ['Verdict', 'onnx_session', 'Prediction', 'Classifier', 'top_predictions', 'verdict_of', 'record_names', 'error_record',
-           'prediction_records', 'gradcam', 'gradcam_overlay', 'export_onnx', 'benchmark']
+           'prediction_records', 'format_probability', 'gradcam', 'gradcam_overlay', 'export_onnx', 'benchmark']
 
 # %% ../nbs/08_inference.ipynb #1eca06cc
 import os, time
@@ -140,6 +140,14 @@ def prediction_records(clf:Classifier, # the classifier
         for (i, _), p in zip(chunk, clf.predict_arrays(np.stack([a for _, a in chunk]))):
             records[i].update(predictions=[pr._asdict() for pr in top_predictions(p, topk)], verdict=verdict_of(p, clf.threshold))
     return records
+
+# %% ../nbs/08_inference.ipynb #506ee86b
+def format_probability(p:float, # a probability, 0 to 1
+                      ) -> str:
+    "`p` in whole percent, as 'over 99%' above 0.99 and 'under 1%' below 0.01: the one way the app and the command line print a probability."
+    if p > 0.99: return 'over 99%'
+    if p < 0.01: return 'under 1%'
+    return f"{p:.0%}"
 
 # %% ../nbs/08_inference.ipynb #0b39370b
 def gradcam(clf:Classifier, # a fastai-backend classifier

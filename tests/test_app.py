@@ -225,3 +225,77 @@ def test_closed_and_abandoned_pages_free_their_kernels(browser, tmp_path):
         assert '403 POST /voila/api/shutdown' not in text and shut - culled >= 5, text[-3000:]
     finally:
         proc.terminate(); proc.wait(20)
+
+def road_photo(tmp_path) -> Path:
+    """A road photo with several signs: the validation scene with the most signs of a GTSDB extracted at `$GTSR_GTSDB`
+    (default ../data/gtsdb), else the drawn scene in which the shipped detector finds the most signs (skips if none)."""
+    folder = Path(os.environ.get('GTSR_GTSDB', ROOT.parent/'data'/'gtsdb'))
+    if (folder/'TrainIJCNN2013').is_dir():
+        from gtsr.data import gtsdb_scenes, gtsdb_split
+        valid = gtsdb_split(gtsdb_scenes(folder))[1]
+        return Path(valid.assign(neg=-valid.signs).sort_values(['neg', 'path']).path.iloc[0])
+    from gtsr.data import gtsdb_scenes
+    from gtsr.detect import Detector
+    from gtsr.synthetic import make_synthetic_gtsdb
+    detector = Detector.load()
+    scenes = gtsdb_scenes(make_synthetic_gtsdb(tmp_path/'gtsdb', scenes=6, sign_free=0, size=(1360, 800), seed=4)).path
+    best = max(scenes, key=lambda p: len(detector.detect(p)))
+    if not detector.detect(best): pytest.skip('the shipped detector finds no sign in the drawn scenes, and no GTSDB is extracted')
+    return Path(best)
+
+PHOTO_FITS = """() => { const img = document.querySelector('img.gtsr-photo');
+    return {shown: img.getBoundingClientRect().width, natural: img.naturalWidth, page: document.documentElement.clientWidth,
+            scroll: document.documentElement.scrollWidth}; }"""
+
+def check_scene_page(page) -> dict:
+    "The road-photo page's checks: one numbered card per sign, the photo no wider than its pixels or the page, no 0% filler; returns the photo's widths."
+    n = int(page.inner_text('.gtsr-scene').split(' traffic sign')[0])
+    cards = page.locator('.gtsr-sign-card')
+    assert n >= 1 and cards.count() == n, (n, cards.count())
+    assert [cards.nth(k).locator('.gtsr-tag').inner_text().strip() for k in range(n)] == [str(k) for k in range(1, n + 1)]
+    sizes = page.evaluate(PHOTO_FITS)
+    assert 0 < sizes['shown'] <= sizes['natural'] + 0.5, sizes # never stretched beyond its pixels
+    assert sizes['shown'] <= sizes['page'] and sizes['scroll'] <= sizes['page'], sizes # and no wider than the screen
+    import re
+    text = page.inner_text('body')
+    assert not re.search(r'(?<![\d.])0(\.0)?%', text) and 'closest' not in text, text # no "0%" or "0.0%" filler guesses
+    assert not re.search(r'\b(99\.\d|100(\.0)?)%', text), text # confident answers read "over 99%", the same everywhere
+    return sizes
+
+def test_app_shows_a_road_photo_readably_at_desktop_and_phone_sizes(browser, app_url, tmp_path):
+    """A road photo at 1280x800 and on a 390x844 phone (3 device pixels per CSS pixel): one card per sign, numbered as on
+    the photo; the photo at most at its own width; no 0% fillers. Screenshots go to tests/_artifacts (and to docs/ with
+    GTSR_DOCS_SCREENSHOTS=1)."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    photo = road_photo(tmp_path)
+    shots = [ARTIFACTS/'app-scene.png', ARTIFACTS/'app-phone.png']
+    for (width, height, scale), shot in zip([(1280, 800, 1), (390, 844, 3)], shots):
+        context = browser.new_context(viewport={'width': width, 'height': height}, device_scale_factor=scale, is_mobile=scale > 1, has_touch=scale > 1)
+        page = context.new_page()
+        page.goto(app_url, timeout=120_000)
+        page.wait_for_selector('button.widget-upload', timeout=120_000)
+        upload(page, [photo])
+        page.wait_for_selector('.gtsr-scene', timeout=90_000)
+        page.wait_for_function("document.querySelector('img.gtsr-photo') && document.querySelector('img.gtsr-photo').complete", timeout=30_000)
+        sizes = check_scene_page(page)
+        if width == 1280: assert sizes['shown'] >= min(sizes['natural'], 0.8 * sizes['page']), sizes # not shrunk where there is room
+        if scale == 1: page.set_viewport_size({'width': width, 'height': max(height, min(1600, page.evaluate('Math.max(...Array.from(document.querySelectorAll("*"), e => e.scrollHeight))')))}) # the cards too
+        page.screenshot(path=str(shot), full_page=True)
+        print(f"{width}x{height}: photo {sizes['natural']} px shown {sizes['shown']:.0f} CSS px wide")
+        context.close()
+    if os.environ.get('GTSR_DOCS_SCREENSHOTS'):
+        for shot in shots: shutil.copy(shot, ROOT/'docs'/shot.name)
+
+def test_a_new_upload_clears_the_old_result(browser, app_url, tmp_path):
+    "The old result goes as soon as the next upload is being worked on: never 'Working...' above an old card."
+    good = tmp_path/'red.png'; Image.new('RGB', (64, 64), 'red').save(good)
+    page = open_app(browser, app_url)
+    upload(page, [good])
+    page.wait_for_selector('.gtsr-prediction', timeout=60_000)
+    page.evaluate("""() => { window.mixed = false; new MutationObserver(() => {
+        if (document.body.innerText.includes('Working...') && document.querySelector('.gtsr-prediction')) window.mixed = true;
+      }).observe(document.body, {childList: true, subtree: true, characterData: true}); }""")
+    page.click('text=Show where the model looked') # recomputes the same upload with Grad-CAM: the slowest case
+    page.wait_for_selector('small:has-text("where the model looked")', timeout=120_000)
+    assert not page.evaluate('window.mixed')
+    page.close()

@@ -1,7 +1,8 @@
 """The HTTP API (`gtsr serve`) on the shipped INT8 model and detector: each endpoint, each refusal, docs that need no
 CDN, Prometheus metrics, a schema fuzz run against the live OpenAPI schema, bounded load tests on loopback with steady
 memory, and uploads that never touch the disk."""
-import asyncio, io, json, re, tempfile
+import asyncio, io, json, re, socket, tempfile, time
+from collections import Counter
 from pathlib import Path
 import httpx
 import numpy as np
@@ -305,3 +306,84 @@ def test_schema_fuzz(live, mode):
         check()
     print(f"{mode}: {len(calls)} requests, statuses {sorted(set(calls))}")
     assert calls and max(calls) < 500
+
+# --- bounded work per request: decoded pixels in flight, time limits, stalled and aborted uploads
+
+FLAT_BIG = png(Image.new('RGB', (7740, 7740), (90, 120, 150))) # ~189 KB that decodes to 60 MP
+
+def test_request_time_limit_is_json_504():
+    "A request over `request_timeout` is answered 504 with JSON, not left hanging."
+    with TestClient(create_app(MODELS/'model.pkl', 'onnx-int8', request_timeout=0.001)) as c:
+        assert_refused(c.post('/v1/classify', files=[('files', ('big.png', FLAT_BIG))]), 504, 'timed out', 'request-timeout')
+
+def test_file_over_the_decode_cap_alone_is_413_naming_it():
+    with TestClient(create_app(MODELS/'model.pkl', 'onnx-int8', max_decode_mp=50)) as c:
+        assert_refused(c.post('/v1/detect', files=[('files', ('big.png', FLAT_BIG))]), 413, 'big.png', 'max-decode-mp')
+
+@pytest.fixture(scope='module')
+def bounded():
+    "`gtsr serve` on loopback with short queue and read time limits; yields (url, port, process)."
+    port = free_port()
+    proc = start_server(port, model=str(MODELS/'model.pkl'), backend='onnx-int8', queue_timeout=8, request_timeout=25, read_timeout=1)
+    yield f'http://127.0.0.1:{port}', port, proc
+    if proc.poll() is None: proc.terminate()
+    try: proc.wait(20)
+    except Exception: proc.kill()
+
+def test_burst_of_large_pngs_keeps_memory_bounded(bounded):
+    "16 concurrent requests of two 7740x7740 PNGs each: every one answered (200, or 413/503 JSON), server peak RSS <= 2 GB, back near idle after."
+    import threading
+    url, _, proc = bounded
+    server = psutil.Process(proc.pid)
+    assert httpx.post(f'{url}/v1/classify', files=[('files', ('stop.png', STOP))], timeout=30).status_code == 200
+    idle, peak, done = server.memory_info().rss, [0], threading.Event()
+    def watch():
+        while not done.is_set(): peak[0] = max(peak[0], server.memory_info().rss); done.wait(0.02)
+    watcher = threading.Thread(target=watch); watcher.start()
+    async def one(client):
+        return await client.post(f'{url}/v1/classify', files=[('files', ('a.png', FLAT_BIG)), ('files', ('b.png', FLAT_BIG))])
+    async def burst():
+        async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=16)) as client:
+            return await asyncio.gather(*[one(client) for _ in range(16)])
+    try: answers = asyncio.run(burst())
+    finally: done.set(); watcher.join()
+    time.sleep(1)
+    after = server.memory_info().rss
+    statuses = Counter(r.status_code for r in answers)
+    print(f"burst: {dict(statuses)}, server RSS idle {idle / 2**20:.0f} MB, peak {peak[0] / 2**20:.0f} MB, after {after / 2**20:.0f} MB")
+    for r in answers:
+        if r.status_code != 200: assert_refused(r, r.status_code); assert r.status_code in (413, 503), r.text
+    assert statuses[200] >= 1
+    assert peak[0] <= 2 * 2**30, f"peak RSS {peak[0] / 2**20:.0f} MB"
+    assert after - idle <= 100 * 2**20, f"RSS {after / 2**20:.0f} MB after vs {idle / 2**20:.0f} MB idle"
+
+def _half_sent(port:int, close:bool) -> bytes:
+    "Send headers declaring 2,000 bytes and only 1,000 of them; then hang up (`close`) or wait for the server's answer (or close)."
+    s = socket.create_connection(('127.0.0.1', port))
+    s.sendall(b'POST /v1/classify HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=x\r\n'
+              b'Content-Length: 2000\r\n\r\n' + b'-' * 1000)
+    if close: s.close(); return b''
+    s.settimeout(10)
+    try: return s.recv(65536) # the answer's first bytes, or b'' when the server closes
+    except TimeoutError: return b'(no answer)'
+    finally: s.close()
+
+def test_half_sent_body_is_answered_408_or_closed(bounded):
+    "A body that stops half-way is answered (408) or its connection closed within the read timeout, not held open."
+    _, port, _ = bounded
+    t = time.perf_counter()
+    got = _half_sent(port, close=False)
+    elapsed = time.perf_counter() - t
+    assert elapsed < 5, f"the connection stayed open {elapsed:.1f} s"
+    assert got == b'' or got.startswith(b'HTTP/1.1 408'), got[:200]
+
+def test_aborted_upload_is_one_log_line(bounded):
+    "A client that hangs up mid-upload leaves one line in the server's log and no traceback."
+    url, port, proc = bounded
+    _half_sent(port, close=True)
+    time.sleep(1.5)
+    assert httpx.get(f'{url}/health').status_code == 200
+    proc.terminate(); proc.wait(20)
+    log = proc.stderr.read()
+    assert 'Traceback' not in log, log[-3000:]
+    assert len([l for l in log.splitlines() if 'aborted' in l]) == 1, log[-3000:]

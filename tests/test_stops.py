@@ -45,8 +45,9 @@ def test_serve_answers_in_flight_requests_then_exits(tmp_path):
         while time.time() < deadline:
             try: urllib.request.urlopen(f'http://127.0.0.1:{port}/health', timeout=5); break
             except Exception: time.sleep(0.2)
-        buf = io.BytesIO(); Image.effect_mandelbrot((4000, 3000), (-2, -1.2, 1, 1.2), 60).convert('RGB').save(buf, 'JPEG', quality=80)
-        files = [('files', (f'photo{k}.jpg', buf.getvalue(), 'image/jpeg')) for k in range(8)]
+        # PNG: a JPEG is decoded reduced and would be answered before the signal
+        buf = io.BytesIO(); Image.effect_mandelbrot((4000, 3000), (-2, -1.2, 1, 1.2), 60).convert('RGB').save(buf, 'PNG', compress_level=1)
+        files = [('files', (f'photo{k}.png', buf.getvalue(), 'image/png')) for k in range(8)]
         answer = {}
         def post():
             start = time.time()
