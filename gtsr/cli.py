@@ -99,9 +99,10 @@ def config_from(args:argparse.Namespace, cls=TrainConfig):
 
 # %% ../nbs/13_cli.ipynb #406627f3
 def _train(args):
-    from gtsr.train import train
+    from gtsr.train import leave_processes, train
     path = train(args.data, args.out, config_from(args), resume=args.resume)
     print(f"model: {path} (sha256 in {path.parent/'manifest.json'})")
+    leave_processes()
 
 @command
 def add_train(sub):

@@ -8,9 +8,9 @@ Docs: https://gtsr.github.io/gtsr/train.html.md"""
 __all__ = ['torch_device', 'ArrayDataset', 'ArrayLoader', 'RandomBlur', 'RandomNoise', 'RandomPixelate', 'RandomMotionBlur',
            'sign_augmentations', 'to_tensor', 'gtsrb_dataloaders', 'make_learner', 'teacher_probabilities',
            'DistillationLoss', 'training_targets', 'EpochCheckpoint', 'CPUMixedPrecision', 'precision_of',
-           'precision_callbacks', 'ShardedDL', 'join_processes', 'rank0_first', 'distributed', 'run_record',
-           'start_run', 'learner_for', 'fit_stages', 'export_model', 'train', 'member_configs', 'train_committee',
-           'export_committee']
+           'precision_callbacks', 'ShardedDL', 'join_processes', 'leave_processes', 'rank0_first', 'distributed',
+           'run_record', 'start_run', 'learner_for', 'fit_stages', 'export_model', 'train', 'member_configs',
+           'train_committee', 'export_committee']
 
 # %% ../nbs/07_train.ipynb #6abf6ccd
 import json, os, time
@@ -260,6 +260,12 @@ def join_processes(device:torch.device):
     if num_distrib() > 1:
         from accelerate import PartialState
         PartialState(cpu=device.type == 'cpu')
+
+def leave_processes():
+    "Leave the process group of a multi-process launch (a no-op in one process) together, so that no process exits while another still talks to it (gloo aborts then)."
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 def rank0_first(fn):
     "`fn()` in process 0 first, then in the others, when training in several processes (`fastai.distributed.rank0_first` for any device)."
