@@ -11,7 +11,6 @@ __all__ = ['DETECTOR_STAGES', 'ZOOM_CHOICES', 'scenes_and_boxes', 'SceneCrops', 
 
 # %% ../nbs/09d_detect_train.ipynb #a57926ac
 import json, shutil, time
-from dataclasses import asdict, replace
 from pathlib import Path
 import numpy as np
 import torch
@@ -24,7 +23,7 @@ from .detect_evaluate import average_precision, choose_min_score, evaluate_detec
 from .inference import Classifier, onnx_session
 from .model import ModelInput, signfinder, signnet, to_onnx
 from .modelfile import default_model_path, load_learner_verified, record_in_manifest, update_manifest_entry, verify_model
-from .train import precision_of, start_run, torch_device
+from .train import precision_of, run_record, start_run, torch_device
 
 # %% ../nbs/09d_detect_train.ipynb #cc7871c8
 def scenes_and_boxes(gtsdb, # GTSDB folder
@@ -209,8 +208,8 @@ def _finder_for(arch:str, pretrained:bool, width:int):
 
 # %% ../nbs/09d_detect_train.ipynb #f636ae4a
 def _run_record(gtsdb, config:DetectorConfig, **sources) -> dict:
-    "What a resumed run must share with the one it continues: the data folder, the other inputs and the config (device aside)."
-    return dict(gtsdb=str(Path(gtsdb).absolute()), **{k: str(v) if v is not None else None for k, v in sources.items()}, **asdict(config))
+    "What a resumed run must share with the one it continues: `run_record`'s data folder and config (device aside), and the other inputs."
+    return {**run_record(config, gtsdb), **{k: str(v) if v is not None else None for k, v in sources.items()}}
 
 def train_finder(gtsdb, # GTSDB folder; its training side (`gtsdb_split`) is used
                  out, # ONNX file to write (listed in the manifest of its folder)

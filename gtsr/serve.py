@@ -16,7 +16,7 @@ __all__ = ['ERROR_HANDLERS', 'router', 'DOCS_ASSETS', 'BatchPredictor', 'read_bo
 import logging, os, queue, threading
 from collections import Counter
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Literal
 import anyio, fastapi_offline, numpy as np
@@ -421,12 +421,8 @@ def create_app(model=None, # model file; default `$GTSR_MODEL` or the shipped mo
     return app
 
 # %% ../nbs/12_serve.ipynb #53f717c3
-_ENV = {'model': 'GTSR_SERVE_MODEL', 'backend': 'GTSR_SERVE_BACKEND', 'max_upload_mb': 'GTSR_SERVE_MAX_UPLOAD_MB',
-        'max_files': 'GTSR_SERVE_MAX_FILES', 'topk': 'GTSR_SERVE_TOPK', 'threads': 'GTSR_SERVE_THREADS',
-        'detector': 'GTSR_SERVE_DETECTOR', 'max_decode_mp': 'GTSR_SERVE_MAX_DECODE_MP', 'queue_timeout': 'GTSR_SERVE_QUEUE_TIMEOUT',
-        'request_timeout': 'GTSR_SERVE_REQUEST_TIMEOUT', 'read_timeout': 'GTSR_SERVE_READ_TIMEOUT'}
-_TYPES = {'max_upload_mb': float, 'max_files': int, 'topk': int, 'threads': int, 'max_decode_mp': float, 'queue_timeout': float,
-          'request_timeout': float, 'read_timeout': float}
+_ENV = {k: f'GTSR_SERVE_{k.upper()}' for k in ('model', 'backend', 'threads', 'detector', *(f.name for f in fields(ServeSettings)))} # `serve`'s options, for its workers
+_TYPES = {'threads': int, **{f.name: f.type for f in fields(ServeSettings)}} # the numbers among them; the rest are strings
 
 def app_from_env() -> FastAPI:
     "`create_app` with the options `serve` put in `GTSR_SERVE_*` environment variables (uvicorn's factory)."

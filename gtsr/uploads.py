@@ -73,17 +73,15 @@ class PixelBudget:
                     if self.used == 0 and self.dirty: self.dirty = False; release_memory()
 
 # %% ../nbs/11b_uploads.ipynb #485240ca
-def _reduced(data:bytes, need) -> tuple[object, int]:
-    "`data` decoded reduced if it is a JPEG that `need((w, h)) -> (w, h)` allows to shrink by 2 or more, and the factor; else `data` and 1."
+def _reduced(data:bytes, need) -> tuple[object, float, tuple]:
+    "`data` decoded reduced if it is a JPEG that `need((w, h)) -> (w, h)` allows to shrink by 2 or more, the factor, and the photo's own (w, h); else `data`, 1 and its size (None if unreadable)."
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            if img.format != 'JPEG': return data, 1
-            w, h = img.size
+        with Image.open(io.BytesIO(data)) as img: fmt, (w, h) = img.format, img.size
         want = need((w, h))
-        if min(w / want[0], h / want[1]) < 2: return data, 1
+        if fmt != 'JPEG' or min(w / want[0], h / want[1]) < 2: return data, 1, (w, h)
         small = read_image(data, reduce_to=want)
-    except Exception: return data, 1 # the record functions report the error
-    return small, max(w, h) / max(small.size)
+    except Exception: return data, 1, None # the record functions report the error
+    return small, max(w, h) / max(small.size), (w, h)
 
 def reduced_upload(data:bytes, # an uploaded image
                    side:int=32, # the side the model reads
@@ -98,10 +96,10 @@ def detect_upload(det:Detector, # the detector
                  ) -> dict:
     "`detection_records` of one photo, a large JPEG decoded at twice the finder's scale, with its size and boxes in the photo's own pixels."
     zoom = max(det.zooms)
-    src, k = _reduced(data, lambda wh: tuple(math.ceil(2 * finder_scale(wh, zoom) * v) for v in wh))
+    src, k, size = _reduced(data, lambda wh: tuple(math.ceil(2 * finder_scale(wh, zoom) * v) for v in wh))
     rec = detection_records(det, [src], [name])[0]
     if k == 1 or 'error' in rec: return rec
-    with Image.open(io.BytesIO(data)) as img: w, h = img.size
+    w, h = size
     if (w > h) != (rec['width'] > rec['height']): w, h = h, w # turned upright by its EXIF orientation
     for s in rec['signs']:
         x1, y1, x2, y2 = s['box']

@@ -1,17 +1,16 @@
 "The Voila app in real headless Chromium: upload a known sign and a non-image, read the page, take screenshots."
-import io, os, shutil, signal, socket, subprocess, sys, time, urllib.request
+import io, os, shutil, signal, subprocess, sys, time, urllib.request
 from pathlib import Path
 import pytest
 from PIL import Image
 from conftest import ROOT
+from gtsr.loadgen import free_port
 from gtsr.app import voila_command
 from gtsr.modelfile import default_model_path
 
 CHROMIUM = shutil.which('chromium') or '/usr/bin/chromium'
 ARTIFACTS = ROOT/'tests'/'_artifacts'
 
-def free_port() -> int:
-    with socket.socket() as s: s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
 
 @pytest.fixture(scope='module')
 def browser():

@@ -6,6 +6,7 @@ from pathlib import Path
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from conftest import ROOT
+from gtsr.loadgen import free_port
 
 def declared() -> dict:
     "pyproject.toml's dependencies, base and every extra, by canonical name (gtsr's own `gtsr[train]` left out)."
@@ -60,9 +61,6 @@ def test_license():
     project = tomllib.loads((ROOT/'pyproject.toml').read_text())['project']
     assert project['license'] == 'Apache-2.0' and project['license-files'] == ['LICENSE']
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
 
 def start(cmd, **kwargs):
     "Start a server in its own process group, which Ctrl-C (SIGINT) stops even when this test run ignores it."

@@ -216,16 +216,20 @@ def test_big_upload_never_rolls_over_to_disk(api, monkeypatch):
 
 # --- a real uvicorn server on 127.0.0.1
 
-@pytest.fixture(scope='module')
-def live(tmp_path_factory):
-    "`gtsr serve` (INT8, one worker) on a free loopback port, with TMPDIR pointed at a fresh folder; yields (url, process, tmpdir)."
-    tmpdir = tmp_path_factory.mktemp('server-tmp')
+def served(env=None, **options):
+    "`gtsr serve` (INT8, one worker) on a free loopback port with `options`; yields (url, port, process), then stops it."
     port = free_port()
-    proc = start_server(port, env={'TMPDIR': str(tmpdir)}, model=str(MODELS/'model.pkl'), backend='onnx-int8', max_upload_mb=8)
-    yield f'http://127.0.0.1:{port}', proc, tmpdir
-    proc.terminate()
+    proc = start_server(port, env=env, model=str(MODELS/'model.pkl'), backend='onnx-int8', **options)
+    yield f'http://127.0.0.1:{port}', port, proc
+    if proc.poll() is None: proc.terminate()
     try: proc.wait(20)
     except Exception: proc.kill()
+
+@pytest.fixture(scope='module')
+def live(tmp_path_factory):
+    "`gtsr serve` with TMPDIR pointed at a fresh folder; yields (url, process, tmpdir)."
+    tmpdir = tmp_path_factory.mktemp('server-tmp')
+    for url, _, proc in served({'TMPDIR': str(tmpdir)}, max_upload_mb=8): yield url, proc, tmpdir
 
 def test_live_upload_writes_nothing_to_disk(live):
     "A 4.5 MB image and a 7 MB non-image: answered, nothing new in the server's TMPDIR and it writes no bytes to storage."
@@ -323,12 +327,7 @@ def test_file_over_the_decode_cap_alone_is_413_naming_it():
 @pytest.fixture(scope='module')
 def bounded():
     "`gtsr serve` on loopback with short queue and read time limits; yields (url, port, process)."
-    port = free_port()
-    proc = start_server(port, model=str(MODELS/'model.pkl'), backend='onnx-int8', queue_timeout=8, request_timeout=25, read_timeout=1)
-    yield f'http://127.0.0.1:{port}', port, proc
-    if proc.poll() is None: proc.terminate()
-    try: proc.wait(20)
-    except Exception: proc.kill()
+    yield from served(queue_timeout=8, request_timeout=25, read_timeout=1)
 
 def test_burst_of_large_pngs_keeps_memory_bounded(bounded):
     "16 concurrent requests of two 7740x7740 PNGs each: every one answered (200, or 413/503 JSON), server peak RSS <= 2 GB, back near idle after."
