@@ -13,6 +13,7 @@ __all__ = ['VERDICT_COLOURS', 'SCENE_WIDTH', 'APP_NOTEBOOK', 'MAX_UPLOAD_BYTES',
 import contextlib, functools, html, importlib.util, io, os, signal, subprocess, sys, threading
 from pathlib import Path
 import ipywidgets as widgets
+import psutil # a base dependency: `gtsr app` stops every kernel it started
 from PIL import Image
 from .data import DatasetError, ImageError, default_data_dir, load_gtsrb, read_image, reference_images, widened_crop
 from .inference import Classifier, Prediction, format_probability, gradcam_overlay, prediction_records
@@ -208,15 +209,13 @@ def stop_voila(proc:subprocess.Popen, # Voila, started in a session of its own
         proc.wait()
     for p in family: # kernels run in sessions of their own, out of the group's reach; one that did not stop in time is killed
         with contextlib.suppress(Exception): p.kill()
-    if family: __import__('psutil').wait_procs(family, timeout=3)
+    if family: psutil.wait_procs(family, timeout=3)
     return proc.returncode
 
 def _descendants(pid:int) -> list:
-    "The psutil processes below `pid`, or [] without psutil (kernels then exit by themselves when Voila is gone: ipykernel watches its parent)."
-    try:
-        import psutil
-        return psutil.Process(pid).children(recursive=True)
-    except Exception: return []
+    "The psutil processes below `pid` ([] if it is gone)."
+    try: return psutil.Process(pid).children(recursive=True)
+    except psutil.Error: return []
 
 # %% ../nbs/11_app.ipynb #661ee897
 class _Stop(Exception): "SIGTERM, SIGINT or SIGHUP arrived."

@@ -11,7 +11,7 @@ __all__ = ['SCENE_SIDE', 'SCENE_SHORT_SIDE', 'FINDER_TILE', 'CROP_MARGIN', 'DEFA
            'draw_detections']
 
 # %% ../nbs/09b_detect.ipynb #0279fa8a
-import os
+import itertools, os
 from pathlib import Path
 from typing import NamedTuple
 import numpy as np
@@ -241,9 +241,10 @@ def place_tags(size:tuple, # the photo's (width, height)
         x1, y1, x2, y2 = taken[k]
         beside = [(x1, y1 - h), (x2 - w, y1 - h), (x1, y2), (x2 - w, y2), (x2, y1), (x1 - w, y1)] # above, below, right, left
         step = max(1, h // 3)
-        grid = sorted(((x, y) for x in range(0, width - w + 1, step) for y in range(0, height - h + 1, step)),
-                      key=lambda xy: _gap(box, [xy[0], xy[1], xy[0] + w, xy[1] + h]))
-        for x, y in beside + grid:
+        def grid(): # every other place, nearest first; sorted only when no place beside the box is free
+            yield from sorted(((x, y) for x in range(0, width - w + 1, step) for y in range(0, height - h + 1, step)),
+                              key=lambda xy: _gap(box, [xy[0], xy[1], xy[0] + w, xy[1] + h]))
+        for x, y in itertools.chain(beside, grid()):
             tag = [x, y, x + w, y + h]
             if x >= 0 and y >= 0 and x + w <= width and y + h <= height and not any(_overlap(tag, t) for t in taken): break
         else: tag = [min(max(0, x1), max(0, width - w)), min(max(0, y1 - h), max(0, height - h))] # no room anywhere: by its box
@@ -254,13 +255,13 @@ def place_tags(size:tuple, # the photo's (width, height)
 def draw_detections(image, # the photo (anything `read_image` takes)
                     detections:list[SignDetection], # what `Detector.detect` found in it
                     colour:str='#ffd400', # box and tag colour
-                    tag_px:int|None=None, # the numbers' size in pixels; default a 30th of the photo's width
+                    tag_px:int|None=None, # the numbers' size in pixels; default a 30th of the photo's width (of 1.7 times its height if that is less)
                    ) -> Image.Image:
     "A copy of the photo with each detection boxed and numbered (numbers follow the list, from 1) on a tag outside every box and clear of the other tags."
     img = read_image(image).copy()
     draw = ImageDraw.Draw(img)
     line = max(2, round(img.width / 400))
-    font = _font(tag_px or max(14, round(img.width / 30)))
+    font = _font(tag_px or max(14, round(min(img.width, 1.7 * img.height) / 30))) # a GTSDB frame's 1360 px: 45 px; a strip: by its height
     _, top, _, bottom = draw.textbbox((0, 0), '0123456789', font=font)
     pad = max(2, (bottom - top) // 5)
     sizes = [(round(draw.textlength(str(n), font=font)) + 2 * pad, bottom - top + 2 * pad) for n in range(1, len(detections) + 1)]
