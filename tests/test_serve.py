@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 from conftest import ROOT
-from gtsr.cli import predict_files
+from gtsr.commands import predict_files
 from gtsr.data import CLASS_NAMES, file_digest
 from gtsr.detect import Detector, detection_records
 from gtsr.loadgen import drawn_scene, drive, free_port, start_server
