@@ -7,7 +7,8 @@ Docs: https://gtsr.github.io/gtsr/config.html.md"""
 # %% auto #0
 __all__ = ['WEIGHT_DOWNLOAD_ERRORS', 'AUGMENTATIONS', 'FINDER_ARCHS', 'MAX_DECODE_MP', 'QUEUE_TIMEOUT', 'REQUEST_TIMEOUT',
            'READ_TIMEOUT', 'MAX_UPLOAD_MB', 'MAX_FILES', 'FINDER_STRIDE', 'TORCHVISION_ARCHS', 'ARCHS',
-           'SHIPPED_TEACHER', 'SHIPPED_RECIPE', 'TrainError', 'missing_weights_error', 'TrainConfig', 'DetectorConfig']
+           'SHIPPED_TEACHER', 'SHIPPED_RECIPE', 'EXTRA_MODULES', 'EXTRA_NAMES', 'TrainError', 'missing_weights_error',
+           'TrainConfig', 'DetectorConfig', 'missing_extra']
 
 # %% ../nbs/04_config.ipynb #af0bafaf
 import urllib.error
@@ -117,3 +118,17 @@ class DetectorConfig:
         if self.side % 16: raise TrainError(f"side must be a multiple of 16 (the finder halves it four times), not {self.side}.")
         if self.extra_signs < 0: raise TrainError(f"extra_signs must be 0 or more, not {self.extra_signs}.")
         return replace(self, pretrained=pretrained, gtsrb=str(self.gtsrb) if self.gtsrb is not None else None)
+
+# %% ../nbs/04_config.ipynb #60c0ce48
+EXTRA_MODULES = {'video': {'av', 'trackers', 'supervision', 'cv2', 'scipy', 'matplotlib'},
+                 'batch': {'ray', 'pyarrow', 'fsspec'},
+                 'train': {'torch', 'torchvision', 'fastai', 'accelerate', 'torchmetrics', 'pycocotools', 'onnx', 'onnxscript', 'sklearn',
+                           'imagecorruptions', 'pkg_resources', 'kaggle', 'matplotlib', 'seaborn', 'pandas', 'httpx', 'httpcore', 'motmetrics'}}
+EXTRA_NAMES = {'train': 'the training extra', 'video': 'the video extra', 'batch': 'the batch extra (Ray Data)'}
+
+def missing_extra(e:ModuleNotFoundError, # what an import raised
+                 ) -> str|None:
+    "A one-line 'this needs the ... extra: pip install ...' for a module one of gtsr's extras installs; None for any other module."
+    module = (e.name or '').partition('.')[0]
+    extra = next((x for x, modules in EXTRA_MODULES.items() if module in modules), None)
+    return extra and f'this needs {EXTRA_NAMES[extra]}: pip install "gtsr[{extra}]" (no module named {e.name!r})'

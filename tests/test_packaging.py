@@ -36,7 +36,7 @@ def test_base_install_has_no_torch_fastai_or_jupyterlab():
     base = {canonicalize_name(Requirement(r).name) for r in project['dependencies']}
     assert not base & {'torch', 'torchvision', 'fastai', 'jupyterlab', 'accelerate', 'onnx', 'scikit-learn'}
     extras = project['optional-dependencies']
-    assert 'gtsr[train]' in extras['dev'] and {'torch', 'fastai'} <= {canonicalize_name(Requirement(r).name) for r in extras['train']}
+    assert 'gtsr[train,video,batch]' in extras['dev'] and {'torch', 'fastai'} <= {canonicalize_name(Requirement(r).name) for r in extras['train']}
 
 def test_environment_yml_installs_the_constraints_file():
     import yaml
