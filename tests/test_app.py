@@ -298,3 +298,24 @@ def test_a_new_upload_clears_the_old_result(browser, app_url, tmp_path):
     page.wait_for_selector('small:has-text("where the model looked")', timeout=120_000)
     assert not page.evaluate('window.mixed')
     page.close()
+
+def test_app_reads_a_clip_into_a_timeline_and_its_signs(browser, app_url, real_gtsdb, tmp_path):
+    """A two-second clip driving towards a real scene with one 50 km/h sign: the page shows the timeline figure and the
+    sign, named, with the crop of its best frame; the screenshot goes to tests/_artifacts (and docs/ with GTSR_DOCS_SCREENSHOTS=1)."""
+    import numpy as np
+    from gtsr.video import write_frames
+    ARTIFACTS.mkdir(exist_ok=True)
+    a = np.asarray(Image.open(real_gtsdb/'TrainIJCNN2013'/'00006.jpg').convert('RGB'))
+    h, w = a.shape[:2]
+    clip = write_frames(tmp_path/'drive.mp4', [np.asarray(Image.fromarray(a[k * h // 250:h - k * h // 250, k * w // 250:w - k * w // 250]).resize((1280, 720)))
+                                               for k in range(50)], fps=25)
+    page = open_app(browser, app_url)
+    upload(page, [clip])
+    page.wait_for_selector('.gtsr-clip', timeout=120_000)
+    assert '1 traffic sign passed' in page.inner_text('.gtsr-clip') and 'drive.mp4 (2.0 s, 1280x720)' in page.inner_text('.gtsr-clip')
+    assert 'Speed limit (50km/h)' in page.inner_text('.gtsr-sign-card')
+    page.wait_for_function("document.querySelector('img.gtsr-timeline') && document.querySelector('img.gtsr-timeline').naturalWidth > 0", timeout=30_000)
+    assert page.locator('.gtsr-sign-card img').count() == 1 # the sign's best frame
+    page.screenshot(path=str(ARTIFACTS/'app-clip.png'), full_page=True)
+    if os.environ.get('GTSR_DOCS_SCREENSHOTS'): shutil.copy(ARTIFACTS/'app-clip.png', ROOT/'docs'/'app-clip.png')
+    page.close()
