@@ -202,8 +202,10 @@ def clip_card(name:str, # the uploaded file's name
     if size > MAX_CLIP_MB * 2**20:
         return error_card(name, f"this clip is {size / 2**20:.0f} MB, and the page reads clips up to {MAX_CLIP_MB} MB; `gtsr video` reads any length")
     if detector is None: return error_card(name, 'reading a clip needs the detector, and there is no detector file')
-    try: from gtsr.video import VideoError, read_video_info, timeline_figure, video_record
-    except ModuleNotFoundError as e: return error_card(name, missing_extra(e) or str(e))
+    try:
+        import av, trackers # noqa: F401 -- the video extra; trackers loads OpenCV, which needs libGL
+        from gtsr.video import VideoError, read_video_info, timeline_figure, video_record
+    except ImportError as e: return error_card(name, missing_extra(e) or f'the video extra cannot be loaded ({e})')
     best = {} # track id -> (area, crop) of its largest sighting
     def seen(tf): # each frame as it is read
         if tf.frame.seconds > MAX_CLIP_SECONDS:

@@ -43,7 +43,7 @@ def main(argv=None, # arguments, default `sys.argv[1:]`
     except GtsrError as e:
         print(f"gtsr {args.command}: error: {e}", file=sys.stderr)
         return 1
-    except ModuleNotFoundError as e: # a base install (`pip install gtsr`) runs the shipped ONNX models only
+    except ImportError as e: # a base install (`pip install gtsr`) runs the shipped ONNX models only
         if not (needs := missing_extra(e)): raise
         hint = '; or --backend onnx-int8, which the base install runs' if args.command == 'predict' and args.backend == 'fastai' else ''
         print(f"gtsr {args.command}: error: {needs}{hint}", file=sys.stderr)

@@ -126,9 +126,11 @@ EXTRA_MODULES = {'video': {'av', 'trackers', 'supervision', 'cv2', 'scipy', 'mat
                            'imagecorruptions', 'pkg_resources', 'kaggle', 'matplotlib', 'seaborn', 'pandas', 'httpx', 'httpcore', 'motmetrics'}}
 EXTRA_NAMES = {'train': 'the training extra', 'video': 'the video extra', 'batch': 'the batch extra (Ray Data)'}
 
-def missing_extra(e:ModuleNotFoundError, # what an import raised
+def missing_extra(e:ImportError, # what an import raised
                  ) -> str|None:
-    "A one-line 'this needs the ... extra: pip install ...' for a module one of gtsr's extras installs; None for any other module."
+    "A one-line 'this needs the ... extra: pip install ...' for a module one of gtsr's extras installs, or for a system library OpenCV needs; else None."
+    if not isinstance(e, ModuleNotFoundError):
+        return f"a system library is missing ({e}); on Debian or Ubuntu: apt-get install libgl1 libglib2.0-0" if '.so' in str(e) else None
     module = (e.name or '').partition('.')[0]
     extra = next((x for x, modules in EXTRA_MODULES.items() if module in modules), None)
     return extra and f'this needs {EXTRA_NAMES[extra]}: pip install "gtsr[{extra}]" (no module named {e.name!r})'

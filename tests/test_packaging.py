@@ -159,6 +159,13 @@ def test_wheel_with_base_dependencies_from_the_index_runs_predict_detect_serve_a
     assert r.returncode == 1 and 'gtsr download: error: this needs the training extra: pip install "gtsr[train]"' in r.stderr, r.stderr[-3000:]
     assert "'pandas'" in r.stderr and 'Traceback' not in r.stderr and not (tmp_path/'data').exists()
 
+    (tmp_path/'clip.mp4').write_bytes(b'not decoded: the base install has no PyAV')
+    for command, extra in (['video', 'clip.mp4'], 'video'), (['batch', 'scene.png', '--out', 'batch'], 'batch'):
+        r = run(*command)
+        assert r.returncode == 1 and f'this needs the {extra} extra' in r.stderr and f'pip install "gtsr[{extra}]"' in r.stderr, r.stderr[-3000:]
+        assert 'Traceback' not in r.stderr
+    assert not (tmp_path/'batch').exists()
+
     port = free_port()
     server = start([gtsr, 'serve', '--port', str(port)], cwd=tmp_path, env=env)
     try:
