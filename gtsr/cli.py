@@ -11,6 +11,7 @@ __all__ = []
 import sys
 from .commands import build_parser, main
 from . import detect_commands
+from . import video_commands
 from . import batch_commands
 
 # %% ../nbs/14_cli.ipynb #ca95055f
