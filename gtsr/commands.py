@@ -51,6 +51,9 @@ def main(argv=None, # arguments, default `sys.argv[1:]`
     except KeyboardInterrupt:
         print(f"gtsr {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError: # `gtsr detect --json ... | head`: the reader has gone, and so does the rest of the output
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     return status or 0
 
 # %% ../nbs/13_commands.ipynb #d9ca424c
