@@ -7,17 +7,17 @@ Docs: https://gtsr.github.io/gtsr/batch_commands.html.md"""
 # %% auto #0
 __all__ = ['add_batch']
 
-# %% ../nbs/13d_batch_commands.ipynb #9dcdb998
+# %% ../nbs/13d_batch_commands.ipynb #a9b72843
 import sys
 from pathlib import Path
 from .commands import command
 from .detect_commands import add_detector_options
 
-# %% ../nbs/13d_batch_commands.ipynb #2d9f3a0e
+# %% ../nbs/13d_batch_commands.ipynb #59c3a00b
 def _batch(args):
     from gtsr.batch import run_batch
     s = run_batch(args.inputs, args.out, args.address, args.workers, args.videos, args.column, args.detector, args.model, args.backend,
-                  args.batch_size, progress=not args.quiet)
+                  args.batch_size, args.flush_seconds, progress=not args.quiet)
     print(f"{s['files']} files ({s['read']} read now, {s['skipped']} done before): {s['signs']} signs, {s['errors']} files could not be read; "
           f"{Path(s['out'])/'files.parquet'} and {Path(s['out'])/'signs.parquet'}")
 
@@ -34,6 +34,7 @@ def add_batch(sub):
     b.add_argument('--videos', action='store_true', help="also read videos (.mp4, .mov, ...), each through the tracker of `gtsr video`")
     b.add_argument('--column', default='path', help='the column of paths in a Parquet or CSV input (default: path)')
     b.add_argument('--batch-size', type=int, default=4, help='files a worker takes at a time (default 4)')
+    b.add_argument('--flush-seconds', type=float, default=10., help='how often results are written to --out (default 10): what a killed run can lose')
     b.add_argument('--quiet', action='store_true', help='no progress bar')
     add_detector_options(b)
     b.set_defaults(run=_batch)
