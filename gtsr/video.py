@@ -11,7 +11,7 @@ __all__ = ['MAX_VIDEO_PIXELS', 'THUMBNAIL', 'TRACKER_SETTINGS', 'DETECTION_MIN_S
            'detector_stride', 'is_cut', 'TrackedFrame', 'track_frames', 'track_signs', 'video_record', 'speed_limits',
            'timeline_figure', 'draw_tracks', 'write_video_outputs', 'sign_crops']
 
-# %% ../nbs/10_video.ipynb #44b6604a
+# %% ../nbs/10_video.ipynb #b95c0e96
 import json, math, resource, sys, time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -21,7 +21,7 @@ from PIL import Image, ImageDraw
 from .data import CLASS_NAMES, GtsrError, atomic_path
 from .detect import Detector, SignDetection, _font, box_iou
 
-# %% ../nbs/10_video.ipynb #f003be9a
+# %% ../nbs/10_video.ipynb #d6859b1b
 MAX_VIDEO_PIXELS = 8192 * 4352 # larger frames are refused (8K is the largest any camera records; a 4K frame has 8.3M pixels)
 
 class VideoError(GtsrError, ValueError):
@@ -35,7 +35,7 @@ class VideoInfo(NamedTuple):
     height: int
     rotation: int # degrees the frames are turned counterclockwise to be displayed
 
-# %% ../nbs/10_video.ipynb #90f259dc
+# %% ../nbs/10_video.ipynb #ce5dea39
 def _open(path) -> tuple:
     "(container, video stream) of the file at `path`, or a `VideoError` that says why not."
     import av
@@ -84,7 +84,7 @@ def _decoded(container, stream, path) -> Iterator:
     except av.FFmpegError as e:
         if not n: raise VideoError(f"{path}: not a readable video ({e.strerror or e})") from None
 
-# %% ../nbs/10_video.ipynb #02848653
+# %% ../nbs/10_video.ipynb #8f22576c
 class Frame(NamedTuple):
     "One frame of a video: its index, its time in seconds and ways to get its pixels (converted only when asked)."
     index: int
@@ -111,7 +111,7 @@ def video_frames(path, # a video file
                         lambda f=f: f.reformat(width=THUMBNAIL[0], height=THUMBNAIL[1], format='gray').to_ndarray())
         if start is None: raise VideoError(f"{path}: no frames")
 
-# %% ../nbs/10_video.ipynb #6cefa164
+# %% ../nbs/10_video.ipynb #a3451114
 class VideoWriter:
     "Writes frames one at a time as an H.264 video (PyAV's libx264), atomically: the file appears only when the block ends without error."
     def __init__(self, path, # the .mp4 (or .mkv, .mov) to write
@@ -161,7 +161,7 @@ def write_frames(path, # the .mp4 (or .mkv, .mov) to write
         for a in frames: w.write(a)
     return Path(path)
 
-# %% ../nbs/10_video.ipynb #0964c6a7
+# %% ../nbs/10_video.ipynb #53c42db6
 class Sighting(NamedTuple):
     "One detection of a sign in one frame."
     frame: int
@@ -187,7 +187,7 @@ class TrackedSign(NamedTuple):
                     first_frame=self.sightings[0].frame, last_frame=self.sightings[-1].frame,
                     first_s=self.sightings[0].seconds, last_s=self.sightings[-1].seconds, frame=big.frame, box=list(big.box))
 
-# %% ../nbs/10_video.ipynb #d41ff2e4
+# %% ../nbs/10_video.ipynb #f2f3e7fb
 def box_similarity(spec:str, # 'iou', 'giou', 'diou', 'ciou' or 'biou:R' (boxes grown by R of their size on each side first)
                   ):
     "The `trackers` box similarity that ByteTrack associates tracks and detections with."
@@ -198,8 +198,8 @@ def box_similarity(spec:str, # 'iou', 'giou', 'diou', 'ciou' or 'biou:R' (boxes 
     if name not in kinds: raise ValueError(f"unknown box similarity {spec!r}: expected iou, giou, diou, ciou or biou:R")
     return kinds[name]()
 
-TRACKER_SETTINGS = dict(iou='diou', minimum_iou_threshold=0.1, lost_track_buffer=30, minimum_consecutive_frames=2,
-                        track_activation_threshold=0.5, high_conf_det_threshold=0.5) # tuned on the training drives (`10b_video_evaluate`)
+TRACKER_SETTINGS = dict(iou='diou', minimum_iou_threshold=-0.3, lost_track_buffer=30, minimum_consecutive_frames=2,
+                        track_activation_threshold=0.6, high_conf_det_threshold=0.5) # tuned on the training drives (`10b_video_evaluate`)
 
 class SignTracker:
     "Links one video's detections into physical signs with ByteTrack; `update` per detector frame, `cut` at a change of scene, `finish` at the end."
@@ -259,7 +259,7 @@ class SignTracker:
         self.cut()
         return self.finished()
 
-# %% ../nbs/10_video.ipynb #baf3d2e2
+# %% ../nbs/10_video.ipynb #31314c61
 DETECTION_MIN_SCORE = 0.3 # detections the tracker is given (ByteTrack links weak ones to existing tracks only: `high_conf_det_threshold`)
 DEFAULT_STRIDE_SECONDS = 0.32 # the detector reads a frame every this many seconds (every 8th frame at 25 fps), measured in `10b_video_evaluate`
 
@@ -277,7 +277,7 @@ def _frames_of(source, fps:float) -> Iterator[Frame]:
         if a.ndim != 3 or a.shape[2] != 3 or a.dtype != np.uint8: raise VideoError(f"frame {i}: expected an H x W x 3 uint8 RGB array, not {a.dtype} {a.shape}")
         yield Frame(i, round(i / fps, 4), lambda a=a: a, lambda a=a: np.asarray(Image.fromarray(a).convert('L').resize(THUMBNAIL, Image.Resampling.BILINEAR)))
 
-# %% ../nbs/10_video.ipynb #792bca2e
+# %% ../nbs/10_video.ipynb #0504c25f
 CUT_DIFFERENCE = 30 # mean absolute difference (0-255) of two consecutive grey thumbnails that marks a scene cut
 
 def is_cut(a:np.ndarray, b:np.ndarray, # grey thumbnails of two consecutive frames
@@ -285,7 +285,7 @@ def is_cut(a:np.ndarray, b:np.ndarray, # grey thumbnails of two consecutive fram
     "Whether a scene cut lies between the two frames."
     return a.shape != b.shape or float(np.abs(a.astype(np.int16) - b.astype(np.int16)).mean()) > CUT_DIFFERENCE
 
-# %% ../nbs/10_video.ipynb #b8836d6f
+# %% ../nbs/10_video.ipynb #e244257b
 class TrackedFrame(NamedTuple):
     "What `track_signs` knows after one frame: the frame, and the signs on confirmed tracks in it (None: the detector did not read it)."
     frame: Frame
@@ -332,7 +332,7 @@ def track_signs(source, # a video file, or an iterable of H x W x 3 uint8 RGB fr
                   disable=not progress, file=sys.stderr, leave=False): pass
     return sorted((s.record() for s in signs), key=lambda r: (r['first_frame'], r['track_id']))
 
-# %% ../nbs/10_video.ipynb #162e124b
+# %% ../nbs/10_video.ipynb #5907f46f
 PROGRESS_SECONDS = 5 # videos longer than this show a progress bar on stderr
 
 def video_record(path, # a video file
@@ -357,7 +357,7 @@ def video_record(path, # a video file
     records = sorted((s.record() for s in signs), key=lambda r: (r['first_frame'], r['track_id']))
     return dict(path=str(path), fps=round(info.fps, 3), frames=n, width=info.width, height=info.height, signs=records)
 
-# %% ../nbs/10_video.ipynb #2e1547ca
+# %% ../nbs/10_video.ipynb #56871b77
 SPEED_LIMITS = {0: 20, 1: 30, 2: 50, 3: 60, 4: 70, 5: 80, 7: 100, 8: 120} # class -> the limit it sets (km/h)
 END_OF_LIMIT = {6, 32} # classes that end the posted limit
 
@@ -370,7 +370,7 @@ def speed_limits(signs:list[dict], # `track_signs` records
         if new != now or (not changes and s['class_id'] in END_OF_LIMIT): changes.append((s['first_s'], new)); now = new
     return changes
 
-# %% ../nbs/10_video.ipynb #6ae3809b
+# %% ../nbs/10_video.ipynb #5b833dc8
 def timeline_figure(record:dict, # `video_record` of one video
                     path=None, # PNG to save it to (atomically); none if not given
                    ):
@@ -399,7 +399,7 @@ def timeline_figure(record:dict, # `video_record` of one video
         with atomic_path(path) as tmp: fig.savefig(tmp, dpi=100, format='png')
     return fig
 
-# %% ../nbs/10_video.ipynb #f4a716e4
+# %% ../nbs/10_video.ipynb #c6e50eb4
 def draw_tracks(a:np.ndarray, # H x W x 3 uint8 RGB frame
                 tracks:list[tuple], # (track_id, name, box) of each sign to draw
                 colour:str='#ffd400', # box and tag colour
@@ -419,7 +419,7 @@ def draw_tracks(a:np.ndarray, # H x W x 3 uint8 RGB frame
         draw.text((x1 + 3, y1 + 1), text, fill='black', font=font)
     return np.asarray(img)
 
-# %% ../nbs/10_video.ipynb #15ce7b68
+# %% ../nbs/10_video.ipynb #fd60ddd0
 def write_video_outputs(path, # a video file
                         detector:Detector, # the detector
                         out, # folder for NAME.annotated.mp4, NAME.timeline.png and NAME.signs.json
@@ -448,7 +448,7 @@ def write_video_outputs(path, # a video file
     with atomic_path(out/f'{stem}.signs.json') as tmp: tmp.write_text(json.dumps(record, indent=1))
     return record
 
-# %% ../nbs/10_video.ipynb #1a0fab9e
+# %% ../nbs/10_video.ipynb #36da4305
 def sign_crops(path, # the video the record is of
                record:dict, # its `video_record`
                margin:float=0.5, # share of the box's larger side added around it

@@ -113,11 +113,11 @@ def test_video_json_csv_and_out_on_a_real_drive(drive, tmp_path):
     for s in rec['signs']:
         x1, y1, x2, y2 = s['box']
         assert 0 <= x1 < x2 <= 1280 and 0 <= y1 < y2 <= 720 and s['first_frame'] <= s['frame'] <= s['last_frame'] and s['first_s'] == s['first_frame'] / 25
-    r = run_gtsr('video', '--csv', drive, timeout=300)
-    rows = list(csv.DictReader(io.StringIO(r.stdout)))
-    assert r.returncode == 0 and len(rows) == len(rec['signs']) and [int(x['track_id']) for x in rows] == [s['track_id'] for s in rec['signs']]
-    r = run_gtsr('video', drive, '--out', tmp_path/'out', timeout=300)
+    r = run_gtsr('video', '--csv', drive, '--out', tmp_path/'out', timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
+    rows = list(csv.DictReader(io.StringIO(r.stdout)))
+    assert len(rows) == len(rec['signs']) and [int(x['track_id']) for x in rows] == [s['track_id'] for s in rec['signs']]
+    assert [[int(x[k]) for k in ('x1', 'y1', 'x2', 'y2')] for x in rows] == [s['box'] for s in rec['signs']]
     assert json.loads((tmp_path/'out'/'drive.signs.json').read_text())['signs'] == rec['signs']
     assert Image.open(tmp_path/'out'/'drive.timeline.png').size[0] >= 800
     from gtsr.video import read_video_info
