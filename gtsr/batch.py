@@ -9,14 +9,14 @@ __all__ = ['IMAGE_SUFFIXES', 'VIDEO_SUFFIXES', 'LIST_SUFFIXES', 'TABLE_SUFFIXES'
            'batch_inputs', 'result_schema', 'record_row', 'file_record', 'DetectFiles', 'connect_ray', 'detect_dataset',
            'done_paths', 'write_part', 'batch_tables', 'run_batch', 'benchmark_batch', 'format_batch_benchmark']
 
-# %% ../nbs/10c_batch.ipynb #8aa816a1
+# %% ../nbs/10c_batch.ipynb #2e46bed4
 import os, sys, time, uuid
 from pathlib import Path
 from .config import missing_extra
 from .data import GtsrError, atomic_path
 from .detect import Detector, detection_records
 
-# %% ../nbs/10c_batch.ipynb #ef03b9d7
+# %% ../nbs/10c_batch.ipynb #636d8ae2
 class BatchError(GtsrError, ValueError):
     "Bad input to `gtsr batch`: nothing to read, an unknown column, a missing extra."
 
@@ -26,7 +26,7 @@ def import_ray():
     except ModuleNotFoundError as e: raise BatchError(missing_extra(e) or str(e)) from None
     return ray
 
-# %% ../nbs/10c_batch.ipynb #b351eea1
+# %% ../nbs/10c_batch.ipynb #9151b9b2
 IMAGE_SUFFIXES = {'.jpg', '.jpeg', '.png', '.ppm', '.pgm', '.webp', '.bmp', '.gif', '.tif', '.tiff'}
 VIDEO_SUFFIXES = {'.mp4', '.mov', '.avi', '.mkv', '.webm', '.m4v'}
 LIST_SUFFIXES = {'.txt', '.lst'} # a text file of paths, one a line
@@ -34,7 +34,7 @@ TABLE_SUFFIXES = {'.parquet', '.csv'} # a table with a column of paths
 
 def is_url(path:str) -> bool: return '://' in str(path)
 
-# %% ../nbs/10c_batch.ipynb #ceecca72
+# %% ../nbs/10c_batch.ipynb #d17a19ee
 def _table_paths(path:str, # a Parquet or CSV file, local or a URL
                  column:str, # the column holding the paths
                 ) -> list[str]:
@@ -46,7 +46,7 @@ def _table_paths(path:str, # a Parquet or CSV file, local or a URL
         raise BatchError(f"{path} has no column {column!r} (it has {', '.join(table.column_names)}); name the column of paths with --column")
     return [str(p) for p in table[column].to_pylist() if p is not None and str(p).strip()]
 
-# %% ../nbs/10c_batch.ipynb #845d8b1b
+# %% ../nbs/10c_batch.ipynb #02d4fcb4
 def _expand_one(item:str, # a file, folder, glob, list or table; local or a URL
                 column:str, # the column of paths in a table
                 suffixes:set, # what a file found in a folder must end with
@@ -68,7 +68,7 @@ def _expand_one(item:str, # a file, folder, glob, list or table; local or a URL
         return found
     return [absolute(item)] # a file, or a missing one: the run records why it could not be read
 
-# %% ../nbs/10c_batch.ipynb #fb1cd67d
+# %% ../nbs/10c_batch.ipynb #04b4c72f
 def batch_inputs(items, # files, folders, globs, text files of paths, Parquet/CSV tables; local paths or URLs
                  column:str='path', # the column of paths in a table
                  videos:bool=False, # also take the videos found in folders
@@ -79,7 +79,7 @@ def batch_inputs(items, # files, folders, globs, text files of paths, Parquet/CS
     if not paths: raise BatchError(f"no files found in {' '.join(map(str, items))}")
     return list(dict.fromkeys(paths))
 
-# %% ../nbs/10c_batch.ipynb #007f8344
+# %% ../nbs/10c_batch.ipynb #63105fe6
 def _sign_type():
     import pyarrow as pa
     return pa.struct([('frame', pa.int64()), ('x1', pa.int64()), ('y1', pa.int64()), ('x2', pa.int64()), ('y2', pa.int64()),
@@ -91,7 +91,7 @@ def result_schema():
     return pa.schema([('path', pa.string()), ('width', pa.int64()), ('height', pa.int64()), ('signs', pa.list_(_sign_type())),
                       ('error', pa.string())])
 
-# %% ../nbs/10c_batch.ipynb #1fb588f5
+# %% ../nbs/10c_batch.ipynb #797ac27e
 def _sign_row(sign:dict) -> dict:
     x1, y1, x2, y2 = sign['box']
     return {'frame': sign.get('frame', 0), 'x1': x1, 'y1': y1, 'x2': x2, 'y2': y2, 'class_id': sign['class_id'],
@@ -103,7 +103,7 @@ def record_row(record:dict, # a `detection_records` record, or a video's record
     return {'path': record['path'], 'width': record.get('width'), 'height': record.get('height'),
             'signs': [_sign_row(s) for s in record.get('signs', [])], 'error': record.get('error')}
 
-# %% ../nbs/10c_batch.ipynb #5a540ccd
+# %% ../nbs/10c_batch.ipynb #ba6564fd
 def _video_record(path:str, detector:Detector) -> dict:
     "The record of a video file as `gtsr video` makes it (`gtsr.video.video_record`); a URL is copied to a local file first."
     from gtsr.video import video_record
@@ -129,7 +129,7 @@ def file_record(detector:Detector, # the worker's detector
     except Exception as e: # one bad file is its own error row, never a failed job
         return {'path': path, 'error': f"{path}: {e}" if str(path) not in str(e) else str(e)}
 
-# %% ../nbs/10c_batch.ipynb #a592d3d6
+# %% ../nbs/10c_batch.ipynb #87b912f8
 class DetectFiles:
     "A Ray Data worker: one `Detector` on one thread, turning batches of paths into `result_schema` rows."
     def __init__(self, detector=None, # finder ONNX file; default the shipped detector
@@ -144,7 +144,7 @@ class DetectFiles:
         rows = [record_row(file_record(self.detector, p, self.videos)) for p in batch['path'].to_pylist()]
         return pa.Table.from_pylist(rows, schema=result_schema())
 
-# %% ../nbs/10c_batch.ipynb #62f6d647
+# %% ../nbs/10c_batch.ipynb #95ae7f2d
 def connect_ray(address:str|None=None, # 'auto', 'HOST:PORT' or 'ray://HOST:10001' of a running cluster; None: a local Ray for this process
                 num_cpus:int|None=None, # CPUs of a local Ray; default all
                 quiet:bool=False, # do not print where the dashboard is
@@ -164,7 +164,7 @@ def connect_ray(address:str|None=None, # 'auto', 'HOST:PORT' or 'ray://HOST:1000
               file=sys.stderr)
     return True
 
-# %% ../nbs/10c_batch.ipynb #df725645
+# %% ../nbs/10c_batch.ipynb #558b9a2f
 def detect_dataset(paths:list, # files to read (`batch_inputs`): local paths or URLs
                    detector=None, # finder ONNX file; default the shipped detector
                    model=None, # classifier model file; default the shipped model
@@ -184,7 +184,7 @@ def detect_dataset(paths:list, # files to read (`batch_inputs`): local paths or 
     return items.map_batches(DetectFiles, fn_constructor_kwargs=dict(detector=detector, model=model, backend=backend, videos=videos),
                              compute=ray.data.ActorPoolStrategy(size=workers), batch_size=batch_size, batch_format='pyarrow', num_cpus=1)
 
-# %% ../nbs/10c_batch.ipynb #e03db5e4
+# %% ../nbs/10c_batch.ipynb #0cbc401c
 def _part_files(parts:Path) -> list[Path]: return sorted(parts.glob('part-*.parquet'))
 
 def done_paths(out, # a `run_batch` output folder
@@ -204,7 +204,7 @@ def write_part(out, # a `run_batch` output folder
     with atomic_path(path) as tmp: pq.write_table(table, tmp)
     return path
 
-# %% ../nbs/10c_batch.ipynb #37568c00
+# %% ../nbs/10c_batch.ipynb #fc5a8a25
 def batch_tables(out, # a `run_batch` output folder
                  paths:list, # the run's inputs: the tables list these, in this order
                 ) -> tuple:
@@ -224,7 +224,7 @@ def batch_tables(out, # a `run_batch` output folder
                       **{k: field(k) for k in ['x1', 'y1', 'x2', 'y2', 'class_id', 'name', 'probability', 'score']}})
     return table, signs
 
-# %% ../nbs/10c_batch.ipynb #f45846cf
+# %% ../nbs/10c_batch.ipynb #0d966be9
 def run_batch(inputs, # files, folders, globs, lists, tables of paths (`batch_inputs`); local paths or URLs
               out, # folder for files.parquet, signs.parquet and the part files (parts/)
               address:str|None=None, # a running Ray cluster: 'auto', 'HOST:PORT' or 'ray://HOST:10001'; None: a local Ray for this run
@@ -253,11 +253,13 @@ def run_batch(inputs, # files, folders, globs, lists, tables of paths (`batch_in
         if todo:
             rows, last = [], time.monotonic()
             dataset = detect_dataset(todo, detector, model, backend, workers, batch_size, videos)
-            with tqdm(total=len(todo), unit='file', disable=not progress) as bar:
-                for block in dataset.iter_batches(batch_size=None, batch_format='pyarrow'):
-                    rows.append(block); bar.update(block.num_rows)
-                    if time.monotonic() - last >= flush_seconds: write_part(out, pa.concat_tables(rows)); rows, last = [], time.monotonic()
-            if rows: write_part(out, pa.concat_tables(rows))
+            try:
+                with tqdm(total=len(todo), unit='file', disable=not progress) as bar:
+                    for block in dataset.iter_batches(batch_size=None, batch_format='pyarrow'):
+                        rows.append(block); bar.update(block.num_rows)
+                        if time.monotonic() - last >= flush_seconds: write_part(out, pa.concat_tables(rows)); rows, last = [], time.monotonic()
+            finally: # also on Ctrl-C: what is finished is kept
+                if rows: write_part(out, pa.concat_tables(rows))
     finally:
         if started: ray.shutdown()
     table, signs = batch_tables(out, paths)
@@ -266,7 +268,7 @@ def run_batch(inputs, # files, folders, globs, lists, tables of paths (`batch_in
     return {'files': len(paths), 'skipped': len(paths) - len(todo), 'read': len(todo), 'signs': signs.num_rows,
             'errors': table.num_rows - table['error'].null_count, 'missing': len(paths) - table.num_rows, 'out': str(out)}
 
-# %% ../nbs/10c_batch.ipynb #3b9fc313
+# %% ../nbs/10c_batch.ipynb #2dc55d8c
 def _timed_run(paths:list, workers:int, **kwargs) -> dict:
     "Run `detect_dataset` over `paths` with `workers`; its rows and when the first and the last arrived."
     start, first, rows = time.perf_counter(), None, []
@@ -308,7 +310,7 @@ def benchmark_batch(scenes:list, # photo files (e.g. 200 GTSDB scenes)
     result['speedup'] = {n: result[f'{n}_workers']['photos_per_second'] / one for n in workers[1:]}
     return result
 
-# %% ../nbs/10c_batch.ipynb #cad59f97
+# %% ../nbs/10c_batch.ipynb #5fea70f7
 def format_batch_benchmark(b:dict, # `benchmark_batch` result
                           ) -> str:
     "`benchmark_batch`'s figures as lines to print."
