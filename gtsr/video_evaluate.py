@@ -9,7 +9,7 @@ __all__ = ['DRIVE_SIZE', 'DRIVE_FPS', 'SCENE_SECONDS', 'END_SHARE', 'FOCUS', 'SH
            'drive_scenes', 'drive_frames', 'write_drive', 'truth_path', 'read_truth', 'score_tracks', 'evaluate_video',
            'repeat_video', 'benchmark_video']
 
-# %% ../nbs/10b_video_evaluate.ipynb #f6c79c0e
+# %% ../nbs/10b_video_evaluate.ipynb #1c860a4e
 import json, resource, sys, time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +20,7 @@ from .data import CLASS_NAMES, DatasetError, atomic_path, gtsdb_folder, read_ima
 from .detect import Detector, box_iou
 from .video import VideoError, read_video_info, track_frames, write_frames
 
-# %% ../nbs/10b_video_evaluate.ipynb #838ceb8b
+# %% ../nbs/10b_video_evaluate.ipynb #ee8dca06
 DRIVE_SIZE = (1280, 720) # every frame's size
 DRIVE_FPS = 25
 SCENE_SECONDS = 2.0 # each scene's share of the drive
@@ -58,7 +58,7 @@ def scene_frames(scene, # a road photo (path or image)
         inside = (centre[:, 0] >= 0) & (centre[:, 0] < DRIVE_SIZE[0]) & (centre[:, 1] >= 0) & (centre[:, 1] < DRIVE_SIZE[1])
         yield np.asarray(frame), np.clip(b, 0, [*DRIVE_SIZE, *DRIVE_SIZE]).round(1), inside
 
-# %% ../nbs/10b_video_evaluate.ipynb #6ba9b013
+# %% ../nbs/10b_video_evaluate.ipynb #c7869846
 def drive_scenes(gtsdb, # GTSDB folder
                  side:str='valid', # 'valid' or 'train' scenes of `gtsdb_split`
                  scenes:int|None=None, # the first this many of them (all if None)
@@ -84,7 +84,7 @@ def drive_frames(scenes:list, # `drive_scenes`
             yield DriveFrame(pixels, [(i, c, list(map(float, bb))) for i, c, bb, ok in zip(ids, classes, b, inside) if ok])
         first_id += len(rows)
 
-# %% ../nbs/10b_video_evaluate.ipynb #833d1acc
+# %% ../nbs/10b_video_evaluate.ipynb #b5585332
 def write_drive(path, # the .mp4 to write
                 scenes:list, # `drive_scenes`
                 seed:int=0, # for the shake
@@ -110,7 +110,7 @@ def read_truth(video) -> list[list]:
     if not p.is_file(): raise VideoError(f"{video}: no ground truth beside it ({p.name}); make drives with `write_drive`")
     return [[(int(i), int(c), b) for i, c, *b in frame] for frame in json.loads(p.read_text())['frames']]
 
-# %% ../nbs/10b_video_evaluate.ipynb #9612451a
+# %% ../nbs/10b_video_evaluate.ipynb #6af8523a
 def _sign_table(truth:list) -> dict:
     "sign_id -> class_id of every sign in a drive's truth."
     return {i: c for frame in truth for i, c, _ in frame}
@@ -143,7 +143,7 @@ def score_tracks(truth:list, # per frame, (sign_id, class_id, box) of each sign 
                 missed=sorted(s for s in classes if not any(decided[t] == classes[s] for t in finds.get(s, ()))),
                 false=sorted(set(decided) - real), accumulator=acc)
 
-# %% ../nbs/10b_video_evaluate.ipynb #fa5a3636
+# %% ../nbs/10b_video_evaluate.ipynb #7a133599
 def evaluate_video(videos:list, # simulated drives (`write_drive`), each with its `.truth.json`
                    detector:Detector|None=None, # default `Detector.load()`
                    stride:int|None=None, # the detector reads every `stride`-th frame; default `detector_stride`
@@ -171,7 +171,7 @@ def evaluate_video(videos:list, # simulated drives (`write_drive`), each with it
                 split=totals['split_signs'] / max(totals['found'], 1), recall_any_name=totals['found'] / max(totals['signs'], 1),
                 mota=float(summary['mota']), idf1=float(summary['idf1']), **totals)
 
-# %% ../nbs/10b_video_evaluate.ipynb #292eda75
+# %% ../nbs/10b_video_evaluate.ipynb #d9df0d7a
 def repeat_video(src, # a video file
                  dest, # the .mp4 to write
                  seconds:float, # length of the result
