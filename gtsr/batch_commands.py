@@ -8,7 +8,6 @@ Docs: https://gtsr.github.io/gtsr/batch_commands.html.md"""
 __all__ = ['add_batch']
 
 # %% ../nbs/13d_batch_commands.ipynb #a9b72843
-import sys
 from pathlib import Path
 from .commands import command
 from .detect_commands import add_detector_options

@@ -10,13 +10,13 @@ __all__ = ['DRIVE_SIZE', 'DRIVE_FPS', 'SCENE_SECONDS', 'END_SHARE', 'FOCUS', 'SH
            'repeat_video', 'benchmark_video']
 
 # %% ../nbs/10b_video_evaluate.ipynb #1c860a4e
-import json, resource, sys, time
+import json, sys, time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 import numpy as np
 from PIL import Image
-from .data import CLASS_NAMES, DatasetError, atomic_path, gtsdb_folder, read_image
+from .data import atomic_path, read_image
 from .detect import Detector, box_iou
 from .video import VideoError, read_video_info, track_frames, write_frames
 
