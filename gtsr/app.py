@@ -198,7 +198,7 @@ def clip_card(name:str, # the uploaded file's name
               progress:widgets.FloatProgress|None=None, # moved from 0 to 1 as the clip is read
              ) -> widgets.Widget:
     "A clip's timeline (`timeline_figure`) and one card per sign it passes, with a crop of its best frame (`sign_crops`); or an error card."
-    size = len(bytes(content)) if not isinstance(content, (bytes, memoryview)) else memoryview(content).nbytes
+    size = memoryview(content).nbytes
     if size > MAX_CLIP_MB * 2**20:
         return error_card(name, f"this clip is {size / 2**20:.0f} MB, and the page reads clips up to {MAX_CLIP_MB} MB; `gtsr video` reads any length")
     if detector is None: return error_card(name, 'reading a clip needs the detector, and there is no detector file')

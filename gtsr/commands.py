@@ -165,13 +165,15 @@ def add_calibrate(sub):
     c.set_defaults(run=_calibrate)
 
 # %% ../nbs/13_commands.ipynb #036bd3fd
-def expand_inputs(items) -> list[str]:
-    "Files, folders (their images, recursively) and glob patterns -> a list of paths, in order."
+def expand_inputs(items, # files, folders and glob patterns
+                  suffixes=IMAGE_SUFFIXES, # what a folder's files must end with to be taken (`gtsr video`: `VIDEO_SUFFIXES`)
+                 ) -> list[str]:
+    "Files, folders (their images, or files of `suffixes`, recursively) and glob patterns -> a list of paths, in order."
     import glob
     paths = []
     for item in map(str, items):
         p = Path(item)
-        if p.is_dir(): paths += sorted(str(f) for f in p.rglob('*') if f.suffix.lower() in IMAGE_SUFFIXES)
+        if p.is_dir(): paths += sorted(str(f) for f in p.rglob('*') if f.suffix.lower() in suffixes)
         elif any(ch in item for ch in '*?[') and not p.exists(): paths += sorted(glob.glob(item, recursive=True)) or [item]
         else: paths.append(item)
     return paths
