@@ -11,7 +11,7 @@ __all__ = ['format_detections', 'write_drawn', 'add_namer_options', 'add_detecto
 # %% ../nbs/13b_detect_commands.ipynb #8574f4c1
 import sys
 from pathlib import Path
-from .config import DetectorConfig
+from .config import OWN_CORRUPTIONS, SCENE_CORRUPTIONS, DetectorConfig
 from .modelfile import BACKENDS
 from .commands import add_config_options, command, config_from, expand_inputs
 
@@ -102,9 +102,23 @@ def _evaluate_detector(args):
     import json
     from gtsr.detect import Detector
     from gtsr.detect_evaluate import evaluate_detector
+    if args.corruptions: return _evaluate_corruptions(args)
     metrics = evaluate_detector(args.data, Detector.load(args.detector, args.model, args.backend), args.out, args.side)
     print(json.dumps(metrics, indent=1))
     if args.out: print(f"figures and metrics.json in {args.out}", file=sys.stderr)
+
+def _evaluate_corruptions(args):
+    from gtsr.detect import Detector
+    from gtsr.detect_robustness import evaluate_detector_corruptions, robustness_markdown
+    corruptions = tuple(c.strip() for c in args.only.split(',') if c.strip()) if args.only else SCENE_CORRUPTIONS + OWN_CORRUPTIONS
+    if not corruptions: raise SystemExit("gtsr evaluate-detector: error: --only names no corruption")
+    if bad := [l for l in args.levels if l not in range(1, 6)]: raise SystemExit(f"gtsr evaluate-detector: error: levels are 1 to 5, not {bad[0]}")
+    if args.scenes is not None and args.scenes < 1: raise SystemExit(f"gtsr evaluate-detector: error: --scenes must be 1 or more, not {args.scenes}")
+    def log(r): print(f"{r['corruption']} {r['level']}: recall {r['recall']:.1%}, precision {r['precision']:.1%}, AP {r['ap']:.3f}", file=sys.stderr, flush=True)
+    table = evaluate_detector_corruptions(args.data, Detector.load(args.detector, args.model, args.backend), args.out, corruptions, tuple(args.levels),
+                                          args.seed, args.side, args.scenes, log)
+    print(robustness_markdown(table))
+    if args.out: print(f"robustness.json, robustness.md and robustness_examples.png in {args.out}", file=sys.stderr)
 
 @command
 def add_evaluate_detector(sub):
@@ -112,7 +126,14 @@ def add_evaluate_detector(sub):
     e = sub.add_parser('evaluate-detector', help='recall, precision, AP, recall by size, false alarms and speed on GTSDB scenes')
     e.add_argument('--data', type=Path, default=None, help='extracted GTSDB folder (default: the download folder)')
     e.add_argument('--side', choices=['valid', 'train'], default='valid', help='validation scenes (default) or training scenes')
-    e.add_argument('--out', type=Path, default=None, help='folder for metrics.json, the precision-recall curve and the missed/false-alarm tiles')
+    e.add_argument('--out', type=Path, default=None, help='folder for metrics.json, the precision-recall curve and the missed/false-alarm tiles '
+                   '(with --corruptions: robustness.json, robustness.md and robustness_examples.png)')
+    e.add_argument('--corruptions', action='store_true', help='score the scenes spoiled by noise, blur, snow, frost, fog, low contrast, JPEG, night and rain '
+                   '(gtsr.detect_robustness); prints a Markdown table')
+    e.add_argument('--only', default=None, help='with --corruptions: these, comma-separated (default all: ' + ','.join(SCENE_CORRUPTIONS + OWN_CORRUPTIONS) + ')')
+    e.add_argument('--levels', type=int, nargs='+', default=[1, 3, 5], help='with --corruptions: severity levels, 1-5 (default 1 3 5)')
+    e.add_argument('--scenes', type=int, default=None, help='with --corruptions: only the first N scenes (default all)')
+    e.add_argument('--seed', type=int, default=0, help='with --corruptions: seeds the spoiling (default 0)')
     add_detector_options(e)
     e.set_defaults(run=_evaluate_detector)
 

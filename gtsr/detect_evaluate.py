@@ -92,16 +92,24 @@ def choose_min_score(detections:pd.DataFrame, # `match_detections` detections on
 def scene_detections(detector:Detector, # the detector
                      gtsdb, # GTSDB folder
                      side:str='valid', # 'valid' (the scenes held out of training) or 'train'
+                     spoil=None, # called as `spoil(photo, scene number)` on each decoded photo before the detector reads it (`gtsr.detect_robustness`)
+                     limit:int|None=None, # only the first this many of the scenes
                     ) -> tuple:
     "(scenes, found, truth, seconds): `side`'s scenes, all the detector finds in each (down to score 0), their true signs, and the seconds each took."
+    from concurrent.futures import ThreadPoolExecutor
     if side not in ('train', 'valid'): raise ValueError(f"side must be 'train' or 'valid', not {side!r}")
-    scenes, signs = gtsdb_split(gtsdb_scenes(gtsdb))[side == 'valid'], load_gtsdb(gtsdb)
-    found, truth, seconds = [], [], []
-    for path in scenes.path:
-        start = time.perf_counter()
-        found.append(detector.detect(path, min_score=0.0))
-        seconds.append(time.perf_counter() - start)
-        truth.append(signs[signs.path == path])
+    scenes, signs = gtsdb_split(gtsdb_scenes(gtsdb))[side == 'valid'][:limit], load_gtsdb(gtsdb)
+    paths, found, truth, seconds = list(scenes.path), [], [], []
+    def photo(i): return paths[i] if spoil is None else spoil(read_image(paths[i]), i) # a path: the detector's time includes decoding
+    with ThreadPoolExecutor(1) as pool: # the next photo is spoiled while the detector reads this one
+        pending = pool.submit(photo, 0) if paths else None
+        for i, path in enumerate(paths):
+            img = pending.result()
+            if i + 1 < len(paths): pending = pool.submit(photo, i + 1)
+            start = time.perf_counter()
+            found.append(detector.detect(img, min_score=0.0))
+            seconds.append(time.perf_counter() - start)
+            truth.append(signs[signs.path == path])
     return scenes, found, truth, seconds
 
 # %% ../nbs/09c_detect_evaluate.ipynb #496e2781

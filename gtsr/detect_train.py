@@ -13,6 +13,7 @@ __all__ = ['DETECTOR_STAGES', 'ZOOM_CHOICES', 'scenes_and_boxes', 'SceneCrops', 
 import json, shutil, time
 from pathlib import Path
 import numpy as np
+from PIL import Image
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -24,6 +25,7 @@ from .inference import Classifier, onnx_session
 from .model import ModelInput, signfinder, signnet, to_onnx
 from .modelfile import default_model_path, load_learner_verified, record_in_manifest, update_manifest_entry, verify_model
 from .train import precision_of, run_record, start_run, torch_device
+from .weather import weather_batch
 
 # %% ../nbs/09d_detect_train.ipynb #cc7871c8
 def scenes_and_boxes(gtsdb, # GTSDB folder
@@ -41,8 +43,9 @@ class SceneCrops:
                  boxes:list[np.ndarray], # per photo, its signs' boxes as K x 4 (x1, y1, x2, y2, continuous corners)
                  side:int=256, # crop side in pixels
                  seed:int=0, # random seed
+                 weather:float=0., # share of the crops put under one random kind of bad weather or bad camera (`gtsr.weather.weather_batch`)
                 ):
-        self.scenes, self.boxes, self.side, self.rng = scenes, boxes, side, np.random.default_rng(seed)
+        self.scenes, self.boxes, self.side, self.rng, self.weather = scenes, boxes, side, np.random.default_rng(seed), weather
         self.signs = [(i, b) for i, bs in enumerate(boxes) for b in bs]
 
     def window(self) -> tuple:
@@ -71,6 +74,7 @@ class SceneCrops:
         b = np.stack([(b[:, 0] - x0) * sx, (b[:, 1] - y0) * sy, (b[:, 2] - x0) * sx, (b[:, 3] - y0) * sy], 1)
         if rng.random() < 0.5: crop, b = crop.flip(-1), np.stack([side - b[:, 2], b[:, 1], side - b[:, 0], b[:, 3]], 1)
         crop = (255 * (crop / 255) ** rng.uniform(0.7, 1.5) * rng.uniform(0.6, 1.4) + rng.uniform(-30, 30)).clamp(0, 255) # gamma: dim scenes
+        if self.weather: crop = weather_batch(crop[None], self.weather, rng)[0]
         return crop, b
 
     def batch(self, n:int, # crops
@@ -225,7 +229,7 @@ def train_finder(gtsdb, # GTSDB folder; its training side (`gtsdb_split`) is use
     finder = _finder_for(config.arch, config.pretrained, config.width)
     train, _ = gtsdb_split(gtsdb_scenes(gtsdb))
     start = time.time()
-    crops = SceneCrops(*scenes_and_boxes(gtsdb, list(train.path)), side=config.side, seed=config.seed)
+    crops = SceneCrops(*scenes_and_boxes(gtsdb, list(train.path)), side=config.side, seed=config.seed, weather=config.weather)
     stepper = Stepper(finder, config.lr, config.steps, 1e-4, 0.1, device, precision)
     done, states = run.checkpoint('finder')
     if states is not None:
@@ -239,7 +243,7 @@ def train_finder(gtsdb, # GTSDB folder; its training side (`gtsdb_split`) is use
         if step % config.checkpoint_every == 0 and step < config.steps: run.save('finder', step, dict(**stepper.state_dict(), crops_rng=crops.rng.bit_generator.state))
         if step % max(1, config.steps // 20) == 0 or step == config.steps: log(f"step {step}/{config.steps}  loss {loss:.3f}  {time.time() - start:.0f} s")
     recipe = dict(steps=config.steps, bs=config.bs, side=config.side, lr=config.lr, pretrained=config.pretrained, width=config.width, seed=config.seed,
-                  precision=precision)
+                  precision=precision, weather=config.weather)
     to_onnx(finder.cpu(), torch.zeros(1, 3, 64, 64), out, ('photo', 'maps'), ({0: 'batch', 2: 'height', 3: 'width'}, {0: 'batch', 2: 'rows', 3: 'columns'}))
     record_in_manifest(out, size=SCENE_SIDE, arch=config.arch, recipe=recipe, train_scenes=len(train), train_seconds=round(time.time() - start, 1))
     run.complete('finder')
@@ -251,13 +255,19 @@ def verifier_examples(finder, # onnxruntime session of the trained finder
                       paths:list, # its scenes to draw from
                       size:int=32, # crop side
                       jitter:int=4, # jittered copies of each true sign
-                      seed:int=0, # random seed of the jitter
+                      seed:int=0, # random seed of the jitter and the weather
+                      weather:float=0., # share of the scenes read a second time under one random kind of bad weather or bad camera (`gtsr.weather`)
                      ) -> tuple[np.ndarray, np.ndarray]:
-    "Crops of the finder's candidates and of jittered true signs in `paths`, as (N x size x size x 3 uint8, labels: 1 sign, 0 not)."
+    "Crops of the finder's candidates and of jittered true signs in `paths` (and in spoiled copies of some), as (N x size x size x 3 uint8, labels: 1 sign, 0 not)."
     rng, signs = np.random.default_rng(seed), load_gtsdb(gtsdb)
     crops, labels = [], []
-    for path in paths:
+    def readings(path):
         img = read_image(path)
+        yield img
+        if weather and rng.random() < weather:
+            x = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float()[None]
+            yield Image.fromarray(weather_batch(x, 1, rng)[0].round().byte().permute(1, 2, 0).numpy())
+    for path, img in ((p, im) for p in paths for im in readings(p)):
         found = find_candidates(finder, img)[:, :4]
         truth = sign_boxes(signs[signs.path == str(path)])
         best = box_iou(found, truth).max(1) if len(truth) else np.zeros(len(found))
@@ -305,7 +315,7 @@ def train_verifier(gtsdb, # GTSDB folder; the finder's candidates on its trainin
     device, precision = training_device(config, log)
     started = time.time()
     train, _ = gtsdb_split(gtsdb_scenes(gtsdb))
-    x, y = verifier_examples(onnx_session(verify_model(finder_path) and finder_path), gtsdb, list(train.path), size, seed=config.seed)
+    x, y = verifier_examples(onnx_session(verify_model(finder_path) and finder_path), gtsdb, list(train.path), size, seed=config.seed, weather=config.weather)
     if config.gtsrb is not None:
         rows = load_gtsrb(config.gtsrb).query("split == 'train'")
         extra = np.asarray(image_cache(rows.path.sample(min(config.extra_signs, len(rows)), random_state=config.seed), size))
@@ -332,7 +342,7 @@ def train_verifier(gtsdb, # GTSDB folder; the finder's candidates on its trainin
         run.save('verifier', epoch + 1, dict(**stepper.state_dict(), order_rng=rng.bit_generator.state))
         log(f"verifier epoch {epoch + 1}/{epochs}  loss {loss:.3f}  {time.time() - started:.0f} s")
     to_onnx(net.cpu(), torch.zeros(1, size, size, 3, dtype=torch.uint8), out)
-    recipe = dict(epochs=epochs, bs=bs, lr=config.verifier_lr, seed=config.seed, extra_signs=config.extra_signs if config.gtsrb is not None else 0, precision=precision,
+    recipe = dict(epochs=epochs, bs=bs, lr=config.verifier_lr, seed=config.seed, weather=config.weather, extra_signs=config.extra_signs if config.gtsrb is not None else 0, precision=precision,
                   **(dict(start=Path(start).name, start_sha256=verify_model(start)['sha256']) if start is not None else dict(width=config.verifier_width)))
     record_in_manifest(out, arch='signnet', size=size, recipe=recipe, train_seconds=round(time.time() - started, 1))
     run.complete('verifier')

@@ -6,11 +6,11 @@ Docs: https://gtsr.github.io/gtsr/train.html.md"""
 
 # %% auto #0
 __all__ = ['torch_device', 'ArrayDataset', 'ArrayLoader', 'RandomBlur', 'RandomNoise', 'RandomPixelate', 'RandomMotionBlur',
-           'sign_augmentations', 'to_tensor', 'gtsrb_dataloaders', 'make_learner', 'teacher_probabilities',
-           'DistillationLoss', 'training_targets', 'EpochCheckpoint', 'CPUMixedPrecision', 'precision_of',
-           'precision_callbacks', 'ShardedDL', 'join_processes', 'leave_processes', 'rank0_first', 'distributed',
-           'run_record', 'start_run', 'learner_for', 'fit_stages', 'export_model', 'train', 'member_configs',
-           'train_committee', 'export_committee']
+           'RandomWeather', 'sign_augmentations', 'to_tensor', 'gtsrb_dataloaders', 'make_learner',
+           'teacher_probabilities', 'DistillationLoss', 'training_targets', 'EpochCheckpoint', 'CPUMixedPrecision',
+           'precision_of', 'precision_callbacks', 'ShardedDL', 'join_processes', 'leave_processes', 'rank0_first',
+           'distributed', 'run_record', 'start_run', 'learner_for', 'fit_stages', 'export_model', 'train',
+           'member_configs', 'train_committee', 'export_committee']
 
 # %% ../nbs/07_train.ipynb #6abf6ccd
 import json, os, time
@@ -31,6 +31,7 @@ from fastai.vision.all import (Callback, DataLoaders, IntToFloatTensor, LabelSmo
                                save_model, set_seed, vision_learner)
 from .config import SHIPPED_RECIPE, WEIGHT_DOWNLOAD_ERRORS, TrainConfig, TrainError, missing_weights_error
 from .data import CLASS_NAMES, N_CLASSES, NOT_A_SIGN, atomic_path, gtsdb_crops, image_cache, load_gtsrb, track_split
+from .weather import weather_batch
 from .model import Committee, ContrastNorm, ResidualBlock, signnet # also the names older learner pickles refer to
 from .modelfile import ModelMeta, load_learner_verified, record_in_manifest, verify_model
 
@@ -105,14 +106,23 @@ class RandomMotionBlur(RandTransform):
         kernel = (kernel / kernel.sum()).expand(x.shape[1], 1, n, n)
         return TensorImage(F.conv2d(F.pad(x, [n // 2] * 4, mode='replicate'), kernel, groups=x.shape[1]))
 
+class RandomWeather(RandTransform):
+    "Each image of a training batch, with probability `share`, under one random kind of bad weather or bad camera (`gtsr.weather.weather_batch`)."
+    split_idx, order = 0, 29
+    def __init__(self, share:float=0.5): super().__init__(p=1.0); self.share = share
+    def encodes(self, x:TensorImage):
+        rng = np.random.default_rng(np.random.randint(2 ** 31)) # drawn from the global state fastai's `set_seed` seeds
+        return TensorImage(weather_batch(x * 255, self.share, rng) / 255)
+
 def sign_augmentations(size:int=32, # image side in pixels
-                       augmentation:str='warp', # 'warp', 'lighting' or 'corruptions' (`gtsr.config.AUGMENTATIONS`), each adding to the one before
+                       augmentation:str='warp', # 'warp', 'lighting', 'corruptions' (each adding to the one before) or 'weather' (warp + `RandomWeather`): `gtsr.config.AUGMENTATIONS`
                       ) -> list:
-    "Batch augmentations that keep a sign's meaning: no flips; rotation, zoom, perspective warp (+ lighting and blur, + corruptions)."
+    "Batch augmentations that keep a sign's meaning: no flips; rotation, zoom, perspective warp (+ lighting and blur, + corruptions; or + weather)."
     lighting = augmentation in ('lighting', 'corruptions')
     return [*aug_transforms(do_flip=False, max_rotate=15, min_zoom=0.9, max_zoom=1.2, max_warp=0.2,
                             max_lighting=0.4 if lighting else 0., p_lighting=0.75 if lighting else 0., pad_mode='border', size=size),
-            *([RandomBlur()] if lighting else []), *([RandomNoise(), RandomPixelate(), RandomMotionBlur()] if augmentation == 'corruptions' else [])]
+            *([RandomBlur()] if lighting else []), *([RandomNoise(), RandomPixelate(), RandomMotionBlur()] if augmentation == 'corruptions' else []),
+            *([RandomWeather()] if augmentation == 'weather' else [])]
 
 def to_tensor(images:np.ndarray) -> torch.Tensor:
     "N x H x W x 3 uint8 array -> N x 3 x H x W uint8 tensor."

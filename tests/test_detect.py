@@ -98,6 +98,22 @@ def test_evaluate_detector_on_the_real_validation_scenes(real_gtsdb, tmp_path):
     assert (tmp_path/'eval'/'precision_recall.png').is_file() and (tmp_path/'eval'/'metrics.json').is_file()
     assert m['recall'] >= 0.9 and m['precision'] >= 0.9 and m['ap'] >= 0.8, m
 
+def test_evaluate_detector_under_corruptions_on_real_scenes(real_gtsdb, tmp_path):
+    "`gtsr evaluate-detector --corruptions` on 15 real validation scenes: clean ones are found, the worst noise and night cost signs, the files are written."
+    r = run_gtsr('evaluate-detector', '--data', real_gtsdb, '--corruptions', '--only', 'gaussian_noise,night', '--levels', '5', '--scenes', '15',
+                 '--out', tmp_path/'rob')
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = {(x['corruption'], x['level']): x for x in json.loads((tmp_path/'rob'/'robustness.json').read_text())['rows']}
+    assert set(rows) == {('none', 0), ('gaussian_noise', 5), ('night', 5)} and {x['scenes'] for x in rows.values()} == {15}
+    assert rows['none', 0]['recall'] >= 0.8, rows
+    assert rows['gaussian_noise', 5]['recall'] < rows['none', 0]['recall'], rows
+    assert '| none (clean) |' in r.stdout and '| night |' in r.stdout
+    assert (tmp_path/'rob'/'robustness_examples.png').stat().st_size > 10_000
+    bad = run_gtsr('evaluate-detector', '--data', real_gtsdb, '--corruptions', '--only', 'hail', '--out', tmp_path/'bad')
+    assert bad.returncode != 0 and 'Unknown corruption' in bad.stderr and not (tmp_path/'bad').exists()
+    bad = run_gtsr('evaluate-detector', '--data', real_gtsdb, '--corruptions', '--levels', '7')
+    assert bad.returncode != 0 and 'levels are 1 to 5' in bad.stderr
+
 def test_a_strip_keeps_its_signs(real_gtsdb, tmp_path):
     """A 20000x200 strip made of one road photo's band of signs, repeated: what `gtsr detect` finds in the band alone
     (1360x200) it finds in every copy, instead of shrinking the strip to 1360x14 and losing them all."""
