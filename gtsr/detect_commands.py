@@ -109,14 +109,15 @@ def _evaluate_detector(args):
 
 def _evaluate_corruptions(args):
     from gtsr.detect import Detector
-    from gtsr.detect_robustness import evaluate_detector_corruptions, robustness_markdown
+    from gtsr.detect_robustness import detector_robustness, robustness_markdown, save_robustness
     corruptions = tuple(c.strip() for c in args.only.split(',') if c.strip()) if args.only else SCENE_CORRUPTIONS + OWN_CORRUPTIONS
     if not corruptions: raise SystemExit("gtsr evaluate-detector: error: --only names no corruption")
     if bad := [l for l in args.levels if l not in range(1, 6)]: raise SystemExit(f"gtsr evaluate-detector: error: levels are 1 to 5, not {bad[0]}")
     if args.scenes is not None and args.scenes < 1: raise SystemExit(f"gtsr evaluate-detector: error: --scenes must be 1 or more, not {args.scenes}")
     def log(r): print(f"{r['corruption']} {r['level']}: recall {r['recall']:.1%}, precision {r['precision']:.1%}, AP {r['ap']:.3f}", file=sys.stderr, flush=True)
-    table = evaluate_detector_corruptions(args.data, Detector.load(args.detector, args.model, args.backend), args.out, corruptions, tuple(args.levels),
-                                          args.seed, args.side, args.scenes, log)
+    detector = Detector.load(args.detector, args.model, args.backend)
+    table = detector_robustness(args.data, detector, corruptions, tuple(args.levels), args.seed, args.side, args.scenes, log)
+    if args.out: save_robustness(table, args.out, args.data, detector, args.seed, args.side)
     print(robustness_markdown(table))
     if args.out: print(f"robustness.json, robustness.md and robustness_examples.png in {args.out}", file=sys.stderr)
 

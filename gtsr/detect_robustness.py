@@ -6,7 +6,7 @@ Docs: https://gtsr.github.io/gtsr/detect_robustness.html.md"""
 
 # %% auto #0
 __all__ = ['LEVELS', 'corrupt_scene', 'robustness_row', 'detector_robustness', 'robustness_markdown', 'robustness_examples',
-           'evaluate_detector_corruptions']
+           'save_robustness']
 
 # %% ../nbs/09e_detect_robustness.ipynb #04457a4d
 import json
@@ -19,7 +19,7 @@ from .data import atomic_path, read_image
 from .detect import Detector, draw_detections
 from .detect_evaluate import average_precision, match_detections, operating_point, scene_detections
 from .evaluate import corrupt_images
-from .weather import weather
+from .weather import to_image, to_picture, weather
 
 # %% ../nbs/09e_detect_robustness.ipynb #79a2e7ca
 LEVELS = (1, 3, 5) # mild, middle, worst
@@ -34,11 +34,10 @@ def corrupt_scene(img:Image.Image, # an RGB photo
     if corruption not in SCENE_CORRUPTIONS + OWN_CORRUPTIONS:
         raise ValueError(f"Unknown corruption {corruption!r}; choose from none, {', '.join(SCENE_CORRUPTIONS + OWN_CORRUPTIONS)}.")
     if level not in range(1, 6): raise ValueError(f"level must be 1 to 5, not {level!r}.")
-    arr = np.asarray(img.convert('RGB'))
-    if corruption in SCENE_CORRUPTIONS: return Image.fromarray(np.uint8(corrupt_images(arr[None], corruption, level, seed)[0]))
-    import torch, zlib
+    if corruption in SCENE_CORRUPTIONS: return Image.fromarray(np.uint8(corrupt_images(np.asarray(img.convert('RGB'))[None], corruption, level, seed)[0]))
+    import zlib
     rng = np.random.default_rng([seed, zlib.crc32(corruption.encode()), level])
-    return Image.fromarray(weather(torch.from_numpy(arr.copy()).permute(2, 0, 1).float(), corruption, level / 5, rng).round().byte().permute(1, 2, 0).numpy())
+    return to_image(weather(to_picture(img), corruption, level / 5, rng))
 
 # %% ../nbs/09e_detect_robustness.ipynb #ca1b95df
 def robustness_row(detector:Detector, # the detector
@@ -68,6 +67,8 @@ def detector_robustness(gtsdb, # GTSDB folder
                         log=None, # called with each row as it is done
                        ) -> pd.DataFrame:
     "One `robustness_row` for the clean scenes and one per corruption and level."
+    for c in corruptions:
+        for l in levels: corrupt_scene(Image.new('RGB', (32, 32)), c, l) # an unknown name or level stops here, not after an hour
     detector = detector or Detector.load()
     rows = []
     for c, l in [('none', 0)] + [(c, l) for c in corruptions for l in levels]:
@@ -123,27 +124,20 @@ def robustness_examples(gtsdb, # GTSDB folder
     return fig
 
 # %% ../nbs/09e_detect_robustness.ipynb #accb48d6
-def evaluate_detector_corruptions(gtsdb, # GTSDB folder
-                                  detector:Detector|None=None, # default `Detector.load()`
-                                  out=None, # folder for robustness.json, robustness.md and robustness_examples.png; none if not given
-                                  corruptions=SCENE_CORRUPTIONS + OWN_CORRUPTIONS, # what to score, besides the clean scenes
-                                  levels=LEVELS, # each 1-5
-                                  seed:int=0, # seeds the spoiling
-                                  side:str='valid', # 'valid' or 'train' scenes
-                                  limit:int|None=None, # only the first this many scenes
-                                  log=None, # called with each row as it is done
-                                 ) -> pd.DataFrame:
-    "`detector_robustness` of `detector`, saved to `out` with `robustness_markdown` and `robustness_examples` at the middle level."
-    detector = detector or Detector.load()
-    for c in corruptions: corrupt_scene(Image.new('RGB', (32, 32)), c, 1) # an unknown name stops here, not after an hour
-    table = detector_robustness(gtsdb, detector, corruptions, levels, seed, side, limit, log)
-    if out is not None:
-        import matplotlib.pyplot as plt
-        out = Path(out); out.mkdir(parents=True, exist_ok=True)
-        meta = dict(detector=detector.path.name, classifier=detector.classifier.path.name, min_score=detector.min_score, side=side, seed=seed, scenes=int(table.scenes.iloc[0]))
-        with atomic_path(out/'robustness.json') as tmp: tmp.write_text(json.dumps(dict(**meta, rows=table.to_dict('records')), indent=1) + '\n')
-        with atomic_path(out/'robustness.md') as tmp: tmp.write_text(robustness_markdown(table) + '\n')
-        fig = robustness_examples(gtsdb, detector, corruptions, sorted(levels)[len(levels) // 2], seed=seed)
-        with atomic_path(out/'robustness_examples.png') as tmp: fig.savefig(tmp, dpi=70, format='png')
-        plt.close(fig)
-    return table
+def save_robustness(table:pd.DataFrame, # `detector_robustness` rows
+                    out, # folder for robustness.json, robustness.md and robustness_examples.png
+                    gtsdb, # the GTSDB folder the table was made on
+                    detector:Detector, # the detector scored
+                    seed:int=0, # the spoiling's seed the table was made with
+                    side:str='valid', # the scenes the table was made on
+                   ):
+    "Save `table` to `out` as JSON and `robustness_markdown`, with `robustness_examples` of its corruptions at its middle level."
+    import matplotlib.pyplot as plt
+    levels = sorted(l for l in table.level.unique() if l)
+    out = Path(out); out.mkdir(parents=True, exist_ok=True)
+    meta = dict(detector=detector.path.name, classifier=detector.classifier.path.name, min_score=detector.min_score, side=side, seed=seed, scenes=int(table.scenes.iloc[0]))
+    with atomic_path(out/'robustness.json') as tmp: tmp.write_text(json.dumps(dict(**meta, rows=table.to_dict('records')), indent=1) + '\n')
+    with atomic_path(out/'robustness.md') as tmp: tmp.write_text(robustness_markdown(table) + '\n')
+    fig = robustness_examples(gtsdb, detector, tuple(table.corruption[table.level > 0].unique()), levels[len(levels) // 2], seed=seed)
+    with atomic_path(out/'robustness_examples.png') as tmp: fig.savefig(tmp, dpi=70, format='png')
+    plt.close(fig)

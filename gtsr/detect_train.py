@@ -13,7 +13,6 @@ __all__ = ['DETECTOR_STAGES', 'ZOOM_CHOICES', 'scenes_and_boxes', 'SceneCrops', 
 import json, shutil, time
 from pathlib import Path
 import numpy as np
-from PIL import Image
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -25,7 +24,7 @@ from .inference import Classifier, onnx_session
 from .model import ModelInput, signfinder, signnet, to_onnx
 from .modelfile import default_model_path, load_learner_verified, record_in_manifest, update_manifest_entry, verify_model
 from .train import precision_of, run_record, start_run, torch_device
-from .weather import weather_batch
+from .weather import to_image, to_picture, weather_batch
 
 # %% ../nbs/09d_detect_train.ipynb #cc7871c8
 def scenes_and_boxes(gtsdb, # GTSDB folder
@@ -265,8 +264,7 @@ def verifier_examples(finder, # onnxruntime session of the trained finder
         img = read_image(path)
         yield img
         if weather and rng.random() < weather:
-            x = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float()[None]
-            yield Image.fromarray(weather_batch(x, 1, rng)[0].round().byte().permute(1, 2, 0).numpy())
+            yield to_image(weather_batch(to_picture(img)[None], 1, rng)[0])
     for path, img in ((p, im) for p in paths for im in readings(p)):
         found = find_candidates(finder, img)[:, :4]
         truth = sign_boxes(signs[signs.path == str(path)])
