@@ -32,7 +32,7 @@ def missing_weights_error(arch:str, # the network whose ImageNet weights were as
                       f"Connect to the internet, or put torchvision's weight file for {arch} in {hub}, "
                       "or train from scratch with --no-pretrained (a different model; nothing falls back silently).")
 
-AUGMENTATIONS = ['warp', 'lighting', 'corruptions', 'weather'] # lighting and corruptions each add to the one before; weather is warp + `gtsr.weather`'s kinds (`gtsr.train.sign_augmentations`)
+AUGMENTATIONS = ['warp', 'lighting', 'weather'] # each adds to the one before; weather is `gtsr.weather`'s kinds at the strength a sign of its size meets (`gtsr.train.sign_augmentations`)
 SCENE_CORRUPTIONS = ('gaussian_noise', 'defocus_blur', 'motion_blur', 'snow', 'frost', 'fog', 'contrast', 'jpeg_compression') # imagecorruptions' names: issue 22's eight, applied to whole scenes (`gtsr.detect_robustness`)
 OWN_CORRUPTIONS = ('night', 'rain') # `gtsr.weather`'s, reported beside them
 FINDER_ARCHS = ['signfinder', 'resnet18'] # the detector's finder trunks (`gtsr.model.signfinder`); here so that the command line lists them without importing torch
@@ -64,9 +64,10 @@ class TrainConfig:
     mixed_precision:bool = True # bfloat16 autocast on the CPU; on CUDA fastai's MixedPrecision, bf16 where the GPU supports it, else fp16
     half:bool = True # store the exported weights in float16 (half the size, same predictions to ~1e-3)
     label_smoothing:float = 0.0 # share of each label spread evenly over all classes (0: none, for probabilities that mean what they say)
-    augmentation:str = 'warp' # batch augmentation: warp (rotation, zoom, perspective: what the shipped models had), lighting (+ brightness, contrast, blur), corruptions (+ noise, pixelation, motion blur) or weather (warp + noise, blur, motion blur, JPEG, contrast, fog, snow, rain, night, lighting from gtsr.weather)
+    augmentation:str = 'warp' # batch augmentation: warp (rotation, zoom, perspective), lighting (+ brightness, contrast) or weather (+ half the images spoiled by gtsr.weather's kinds: noise, blur, motion blur, JPEG, contrast, fog, snow, rain, night..., as strong as on a sign of its size in a scene and never past legible)
     negatives:str|None = None # GTSDB folder: train on its training scenes' sign crops, and their sign-free areas as a 44th class, "not a traffic sign"
     teacher:str|None = None # model file (e.g. a committee) whose probabilities the network also learns from: knowledge distillation
+    init:str|None = None # an exported learner (.pkl, in a manifest) of the same network to start from (a warm start, e.g. the shipped model.pkl); default fresh weights
 
     def resolved(self) -> 'TrainConfig':
         "This config with the per-network defaults (`pretrained`, `epochs`, `lr`, `size`) decided, after checking the options; raises `TrainError`."
@@ -109,7 +110,9 @@ class DetectorConfig:
     device:str|None = None # where to train: cuda, cuda:N, mps or cpu; default CUDA if present, then Apple's MPS, else the CPU
     mixed_precision:bool = False # bfloat16 autocast (fp16 with loss scaling on CUDA GPUs without bf16); the shipped detector trained in float32
     checkpoint_every:int = 500 # finder steps between checkpoints (the verifier saves one each epoch)
-    weather:float = 0.0 # share of the finder's crops, and of the verifier's scenes read a second time, under one random kind of bad weather or bad camera (gtsr.weather); the shipped detector had none
+    weather:float = 0.0 # share of the finder's crops, and of the verifier's scenes read a second time, spoiled at the scene's own resolution by one random kind of gtsr.weather.TRAIN_KINDS at level 1-5; the shipped detector had none
+    paste:float = 0.0 # share of the finder's crops, and of the verifier's scenes read once more, with 1-3 GTSRB training signs pasted in at 12-48 px (gtsr.paste; needs gtsrb); the shipped detector had none
+    init:str|None = None # a trained detector (its finder ONNX file, in a manifest) whose finder and verifier this run starts from, batch norms frozen; default from scratch
 
     def resolved(self) -> 'DetectorConfig':
         "This config with `pretrained` decided, after checking the options; raises `TrainError`."
@@ -119,9 +122,11 @@ class DetectorConfig:
         for name in ('steps', 'bs', 'side', 'width', 'verifier_epochs', 'verifier_bs', 'verifier_width', 'checkpoint_every'):
             if getattr(self, name) < 1: raise TrainError(f"{name} must be 1 or more, not {getattr(self, name)}.")
         if self.side % 16: raise TrainError(f"side must be a multiple of 16 (the finder halves it four times), not {self.side}.")
-        if not 0 <= self.weather <= 1: raise TrainError(f"weather must be a share between 0 and 1, not {self.weather}.")
+        for name in ('weather', 'paste'):
+            if not 0 <= getattr(self, name) <= 1: raise TrainError(f"{name} must be a share between 0 and 1, not {getattr(self, name)}.")
+        if self.paste and self.gtsrb is None: raise TrainError("--paste needs GTSRB's signs: name their folder with --gtsrb.")
         if self.extra_signs < 0: raise TrainError(f"extra_signs must be 0 or more, not {self.extra_signs}.")
-        return replace(self, pretrained=pretrained, gtsrb=str(self.gtsrb) if self.gtsrb is not None else None)
+        return replace(self, pretrained=pretrained, gtsrb=str(self.gtsrb) if self.gtsrb is not None else None, init=str(self.init) if self.init is not None else None)
 
 # %% ../nbs/04_config.ipynb #60c0ce48
 EXTRA_MODULES = {'video': {'av', 'trackers', 'supervision', 'cv2', 'scipy', 'matplotlib'},

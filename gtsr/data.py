@@ -324,7 +324,7 @@ def _scene_images(folder:Path) -> dict:
 # %% ../nbs/00_data.ipynb #49925126
 def load_gtsdb(path=None, # extracted GTSDB folder, or the folder holding it; default `default_data_dir('gtsdb')`
               ) -> 'pd.DataFrame':
-    "One row per sign of the GTSDB folder at `path`, in `gt.txt` order, with the columns in `GTSDB_COLUMNS`."
+    "One row per sign of the GTSDB folder at `path`, in `gt.txt` order, with the columns in `GTSDB_COLUMNS`; boxes end-exclusive (`x2 - x1` is the width)."
     import pandas as pd
     folder = gtsdb_folder(path)
     gt, images = folder/'gt.txt', _scene_images(folder)
@@ -339,7 +339,7 @@ def load_gtsdb(path=None, # extracted GTSDB folder, or the folder holding it; de
         if not 0 <= c < N_CLASSES: raise DatasetError(f"{where}: class id {c} is outside 0-{N_CLASSES-1}.")
         stem = Path(file).stem
         if stem not in images: raise DatasetError(f"{where}: no image of scene {stem} ({'/'.join(SCENE_SUFFIXES)}) in {folder}.")
-        rows.append((str(images[stem]), x1, y1, x2, y2, c, CLASS_NAMES[c]))
+        rows.append((str(images[stem]), x1, y1, x2 + 1, y2 + 1, c, CLASS_NAMES[c])) # inclusive corners -> end-exclusive box
     return pd.DataFrame(rows, columns=GTSDB_COLUMNS)
 
 def gtsdb_scenes(path=None, # extracted GTSDB folder, or the folder holding it; default `default_data_dir('gtsdb')`
@@ -372,14 +372,14 @@ def gtsdb_split(scenes:'pd.DataFrame', # `gtsdb_scenes` table
 NOT_A_SIGN = 'not a traffic sign' # the name of the class for images that show none of the 43 signs
 
 def _overlaps(box, boxes:np.ndarray) -> bool:
-    "Whether the box (x1, y1, x2, y2) overlaps any of `boxes` (an N x 4 array), edges included."
+    "Whether the box (x1, y1, x2, y2) shares any area with one of `boxes` (an N x 4 array); all end-exclusive."
     x1, y1, x2, y2 = box
-    return bool(((boxes[:, 0] <= x2) & (boxes[:, 2] >= x1) & (boxes[:, 1] <= y2) & (boxes[:, 3] >= y1)).any())
+    return bool(((boxes[:, 0] < x2) & (boxes[:, 2] > x1) & (boxes[:, 1] < y2) & (boxes[:, 3] > y1)).any())
 
 def _widened(box, margin:float) -> tuple:
     "The box (x1, y1, x2, y2) grown by `margin` of its width and height on each side."
     x1, y1, x2, y2 = box
-    dx, dy = margin * (x2 - x1 + 1), margin * (y2 - y1 + 1)
+    dx, dy = margin * (x2 - x1), margin * (y2 - y1)
     return (x1 - dx, y1 - dy, x2 + dx, y2 + dy)
 
 def background_boxes(scenes:'pd.DataFrame', # `gtsdb_scenes` rows to draw from
@@ -400,7 +400,7 @@ def background_boxes(scenes:'pd.DataFrame', # `gtsdb_scenes` rows to draw from
             tries += 1
             side = int(np.exp(rng.uniform(np.log(sizes[0]), np.log(sizes[1]))))
             x1, y1 = int(rng.integers(0, width - side)), int(rng.integers(0, height - side))
-            box = (x1, y1, x1 + side - 1, y1 + side - 1)
+            box = (x1, y1, x1 + side, y1 + side)
             if not _overlaps(_widened(box, margin), taken):
                 rows.append((path, *box, N_CLASSES, NOT_A_SIGN)); found += 1
     return pd.DataFrame(rows, columns=GTSDB_COLUMNS)
@@ -412,32 +412,46 @@ def widened_crop(img:Image.Image, # an RGB image
     "The part of `img` in `box`, widened by `margin` (outside the image: black)."
     return img.crop(tuple(round(v) for v in _widened(box, margin)))
 
+def _spoiled_crop(img:Image.Image, box, margin:float, spoil, rng) -> Image.Image:
+    "`widened_crop` of `box` from its region of `img` (the box and its own size around it) after `spoil(region, rng)` spoiled that region at the photo's resolution."
+    x1, y1, x2, y2 = box
+    w, h = x2 - x1, y2 - y1
+    rx, ry = 2 * int(max(0, np.floor((x1 - w) / 2))), 2 * int(max(0, np.floor((y1 - h) / 2))) # even: Python's round-half-to-even then cuts the pixels `widened_crop` cuts from the whole photo
+    region = spoil(np.asarray(img.crop((rx, ry, int(min(img.width, np.ceil(x2 + w))), int(min(img.height, np.ceil(y2 + h)))))), rng)
+    return widened_crop(Image.fromarray(region), (x1 - rx, y1 - ry, x2 - rx, y2 - ry), margin)
+
 def box_crops(img:Image.Image, # an RGB image
               boxes, # N x 4 boxes (x1, y1, x2, y2) in its pixels
               size:int, # side of the square crops
               margin:float=0.1, # share of each box added on each side
+              spoil=None, # `spoil(region, rng)`, e.g. `gtsr.weather.random_spoil`: each box's region is spoiled at the photo's resolution before the crop
+              rng:np.random.Generator|None=None, # what `spoil` draws from
              ) -> np.ndarray:
     "The boxes of `img`, widened by `margin`, as an N x size x size x 3 uint8 array (what a classifier reads)."
-    return np.stack([to_model_array(widened_crop(img, b, margin), size) for b in boxes])
+    crop = widened_crop if spoil is None else lambda img, b, margin: _spoiled_crop(img, b, margin, spoil, rng)
+    return np.stack([to_model_array(crop(img, b, margin), size) for b in boxes])
 
 def _crop_scene(args) -> np.ndarray:
-    path, boxes, size, margin = args
-    return box_crops(read_image(path), boxes, size, margin)
+    path, boxes, size, margin, spoil, seed = args
+    return box_crops(read_image(path), boxes, size, margin, spoil, np.random.default_rng([seed, int(hashlib.sha1(str(path).encode()).hexdigest()[:8], 16)]))
 
-def scene_crops(rows:'pd.DataFrame', # path, x1, y1, x2, y2 of each box (pixels, corners inclusive)
+def scene_crops(rows:'pd.DataFrame', # path, x1, y1, x2, y2 of each box (pixels, end-exclusive)
                 size:int=32, # side of the square each crop is resized to
                 margin:float=0.1, # share of the box's size added on each side (GTSRB's crops keep about 10%)
                 cache_dir=None, # where to keep the array; default `default_cache_dir()`
+                spoil=None, # `spoil(region, rng)`: spoil each box's region of its scene first (`box_crops`)
+                seed:int=0, # with the scene's name, seeds `spoil`
                ) -> np.ndarray:
-    "The boxes of `rows` cut from their scenes, widened by `margin`, as one N x size x size x 3 uint8 array, cached on disk."
+    "The boxes of `rows` cut from their scenes, widened by `margin` (each from its spoiled region, with `spoil`), as one N x size x size x 3 uint8 array, cached on disk."
     import pandas as pd
     boxes = rows[['x1', 'y1', 'x2', 'y2']].to_numpy()
-    key = hashlib.sha1((rows.path.str.cat(sep='\n') + boxes.tobytes().hex() + f'\n{size}\n{margin}').encode()).hexdigest()[:16]
+    spoiled = '' if spoil is None else f'\n{spoil.__module__}.{spoil.__name__}\n{seed}'
+    key = hashlib.sha1((rows.path.str.cat(sep='\n') + boxes.tobytes().hex() + f'\n{size}\n{margin}' + spoiled).encode()).hexdigest()[:16]
     cache = Path(cache_dir or default_cache_dir())/f'crops-{size}px-{len(rows)}-{key}.npy'
     if cache.is_file(): return np.load(cache, mmap_mode='r')
     cache.parent.mkdir(parents=True, exist_ok=True)
     order = np.argsort(rows.path.to_numpy(), kind='stable')
-    jobs = [(p, boxes[order][rows.path.to_numpy()[order] == p], size, margin) for p in pd.unique(rows.path.to_numpy()[order])]
+    jobs = [(p, boxes[order][rows.path.to_numpy()[order] == p], size, margin, spoil, seed) for p in pd.unique(rows.path.to_numpy()[order])]
     out = np.zeros((len(rows), size, size, 3), np.uint8)
     if jobs: out[order] = np.concatenate([_crop_scene(j) for j in jobs])
     with atomic_path(cache) as tmp: np.save(tmp, out)
@@ -448,8 +462,9 @@ def gtsdb_crops(gtsdb, # GTSDB folder (`load_gtsdb`)
                 side:str='train', # 'train' or 'valid': the scenes of that side of `gtsdb_split`
                 size:int=32, # crop side in pixels
                 per_scene:int=20, # sign-free boxes per scene
-                seed:int=1, # seed of the sign-free boxes
+                seed:int=1, # seed of the sign-free boxes (and of `spoil`)
                 cache_dir=None, # decoded-image cache
+                spoil=None, # `spoil(region, rng)`: crop each box from its region of the scene spoiled at the scene's resolution (`scene_crops`)
                ) -> tuple[np.ndarray, np.ndarray]:
     "Crops of the signs and of sign-free squares of one side's scenes, as (images, class ids); 'not a traffic sign' is class 43."
     import pandas as pd
@@ -457,4 +472,4 @@ def gtsdb_crops(gtsdb, # GTSDB folder (`load_gtsdb`)
     signs, split = load_gtsdb(gtsdb), gtsdb_split(gtsdb_scenes(gtsdb))
     scenes = split[side == 'valid']
     boxes = pd.concat([signs[signs.path.isin(scenes.path)], background_boxes(scenes, signs, per_scene, seed=seed)], ignore_index=True)
-    return scene_crops(boxes, size, cache_dir=cache_dir), boxes.class_id.to_numpy(dtype='int64')
+    return scene_crops(boxes, size, cache_dir=cache_dir, spoil=spoil, seed=seed), boxes.class_id.to_numpy(dtype='int64')

@@ -9,7 +9,7 @@ __all__ = ['format_detections', 'write_drawn', 'add_namer_options', 'add_detecto
            'add_evaluate_detector', 'add_bench_detector']
 
 # %% ../nbs/13b_detect_commands.ipynb #8574f4c1
-import sys
+import shlex, sys
 from pathlib import Path
 from .config import OWN_CORRUPTIONS, SCENE_CORRUPTIONS, DetectorConfig
 from .modelfile import BACKENDS
@@ -89,7 +89,7 @@ def _train_detector(args):
 @command
 def add_train_detector(sub):
     "The options of `gtsr train-detector`."
-    t = sub.add_parser('train-detector', help="train the sign finder on GTSDB's training scenes; pick its threshold on the validation scenes")
+    t = sub.add_parser('train-detector', help="train the sign finder and its verifier on GTSDB's training scenes; pick zooms and threshold on clean and spoiled validation scenes")
     t.add_argument('--data', type=Path, default=None, help='extracted GTSDB folder (default: the download folder)')
     t.add_argument('--out', type=Path, required=True, help='ONNX file to write (a manifest.json beside it lists it)')
     add_namer_options(t)
@@ -117,7 +117,7 @@ def _evaluate_corruptions(args):
     def log(r): print(f"{r['corruption']} {r['level']}: recall {r['recall']:.1%}, precision {r['precision']:.1%}, AP {r['ap']:.3f}", file=sys.stderr, flush=True)
     detector = Detector.load(args.detector, args.model, args.backend)
     table = detector_robustness(args.data, detector, corruptions, tuple(args.levels), args.seed, args.side, args.scenes, log)
-    if args.out: save_robustness(table, args.out, args.data, detector, args.seed, args.side)
+    if args.out: save_robustness(table, args.out, args.data, detector, args.seed, args.side, command=shlex.join(['gtsr', *sys.argv[1:]]))
     print(robustness_markdown(table))
     if args.out: print(f"robustness.json, robustness.md and robustness_examples.png in {args.out}", file=sys.stderr)
 

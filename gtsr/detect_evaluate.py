@@ -17,10 +17,10 @@ from .data import CLASS_NAMES, atomic_path, gtsdb_scenes, gtsdb_split, load_gtsd
 from .detect import Detector, SignDetection, box_iou
 
 # %% ../nbs/09c_detect_evaluate.ipynb #ca303b7b
-def sign_boxes(rows:pd.DataFrame, # `load_gtsdb` rows (corners inclusive)
+def sign_boxes(rows:pd.DataFrame, # `load_gtsdb` rows
               ) -> np.ndarray:
-    "The rows' boxes as K x 4 float continuous corners (x2, y2 just past the sign), the form found boxes have."
-    return rows[['x1', 'y1', 'x2', 'y2']].to_numpy(np.float64) + [0, 0, 1, 1]
+    "The rows' boxes as a K x 4 float array (end-exclusive, as `load_gtsdb` gives them and the detector finds them)."
+    return rows[['x1', 'y1', 'x2', 'y2']].to_numpy(np.float64).reshape(-1, 4)
 
 # %% ../nbs/09c_detect_evaluate.ipynb #1a9c9f78
 SIZE_BINS = {'small (<32 px)': (0, 32), 'medium (32-64 px)': (32, 64), 'large (>=64 px)': (64, 10_000)} # sign width bins

@@ -6,7 +6,7 @@ Docs: https://gtsr.github.io/gtsr/model.html.md"""
 
 # %% auto #0
 __all__ = ['ContrastNorm', 'conv_bn', 'ResidualBlock', 'signnet', 'Committee', 'ModelInput', 'gradcam_map', 'SignFinder',
-           'signfinder', 'to_onnx']
+           'signfinder', 'to_onnx', 'from_onnx', 'freeze_batchnorm']
 
 # %% ../nbs/05_model.ipynb #6ed6a8ba
 import torch
@@ -181,3 +181,42 @@ def to_onnx(net:nn.Module, # the network; exported as it is in eval mode
                           dynamic_axes=dict(zip(names, dynamic)), opset_version=17)
         onnx.checker.check_model(str(tmp))
     return path
+
+# %% ../nbs/05_model.ipynb #f1a2b3c5
+def from_onnx(net:nn.Module, # a fresh network of the exported one's architecture
+              path, # an ONNX file `to_onnx` wrote from such a network
+              example:torch.Tensor, # an input of the right dtype and rank
+             ) -> nn.Module:
+    "`net` with the weights of `path`: convolutions and linear layers in the order they run, each batch norm after a convolution the folded bias; in eval mode."
+    import onnx
+    from onnx import numpy_helper
+    model = onnx.load(str(path))
+    weights = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    weights.update({n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in model.graph.node if n.op_type == 'Constant' and n.attribute[0].name == 'value'})
+    for n in model.graph.node: # the exporter shares equal weights through Identity nodes
+        if n.op_type == 'Identity' and n.input[0] in weights: weights[n.output[0]] = weights[n.input[0]]
+    nodes = [n for n in model.graph.node if n.op_type in ('Conv', 'Gemm')]
+    ran, hooks = [], [m.register_forward_hook(lambda m, i, o: ran.append(m)) for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    try:
+        with torch.no_grad(): net.eval()(example)
+    finally:
+        for h in hooks: h.remove()
+    norm_after = {s[k]: s[k + 1] for s in net.modules() if isinstance(s, nn.Sequential) for k in range(len(s) - 1)
+                  if isinstance(s[k], nn.Conv2d) and isinstance(s[k + 1], nn.BatchNorm2d)}
+    if len(ran) != len(nodes): raise ValueError(f"{Path(path).name} has {len(nodes)} convolution and linear layers; the network runs {len(ran)}.")
+    with torch.no_grad():
+        for m, node in zip(ran, nodes):
+            w, b = (torch.from_numpy(weights[k].copy()) if k in weights else None for k in (list(node.input[1:]) + [''])[:2])
+            if w is None or w.shape != m.weight.shape: raise ValueError(f"{Path(path).name}: layer {node.name} does not fit the network's {m} (shape {None if w is None else tuple(w.shape)}).")
+            m.weight.copy_(w)
+            if m in norm_after:
+                bn = norm_after[m]
+                bn.weight.fill_(1); bn.bias.copy_(b); bn.running_mean.zero_(); bn.running_var.fill_(1 - bn.eps)
+            elif m.bias is not None: m.bias.copy_(b)
+    return net.eval()
+
+def freeze_batchnorm(net:nn.Module) -> nn.Module:
+    "Put `net`'s batch norms in eval mode (their statistics fixed, their scale and shift still learnt); call after each `net.train()`."
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d): m.eval()
+    return net

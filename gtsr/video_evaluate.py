@@ -78,7 +78,7 @@ def drive_frames(scenes:list, # `drive_scenes`
     "The frames of a simulated drive through `scenes`, joined by hard cuts, with each sign in each frame (`sign_id` numbers the scenes' signs in order)."
     rng, first_id = np.random.default_rng(seed), 0
     for path, rows in scenes:
-        boxes = rows[['x1', 'y1', 'x2', 'y2']].to_numpy(np.float64) + [0, 0, 1, 1]
+        boxes = rows[['x1', 'y1', 'x2', 'y2']].to_numpy(np.float64)
         ids, classes = range(first_id, first_id + len(rows)), list(rows.class_id)
         for pixels, b, inside in scene_frames(path, boxes, rng):
             yield DriveFrame(pixels, [(i, c, list(map(float, bb))) for i, c, bb, ok in zip(ids, classes, b, inside) if ok])

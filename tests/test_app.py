@@ -134,7 +134,7 @@ def real_background(folder, tmp_path) -> Path:
     signs, (_, valid) = load_gtsdb(folder), gtsdb_split(gtsdb_scenes(folder))
     box = background_boxes(valid.iloc[:1], signs, per_scene=1, sizes=(96, 97), seed=3).iloc[0]
     out = tmp_path/'road.png'
-    Image.open(box.path).crop((box.x1, box.y1, box.x2 + 1, box.y2 + 1)).save(out)
+    Image.open(box.path).crop((box.x1, box.y1, box.x2, box.y2)).save(out)
     return out
 
 def test_app_tells_a_real_sign_from_a_real_road_scene(browser, app_url, optional_real_data, real_gtsdb, tmp_path):

@@ -82,7 +82,7 @@ def test_shipped_detector_finds_and_names_real_signs(real_gtsdb, tmp_path):
         for t in truth.itertuples():
             total += 1
             if not boxes: continue
-            overlaps = box_iou([[t.x1, t.y1, t.x2 + 1, t.y2 + 1]], boxes)[0]
+            overlaps = box_iou([[t.x1, t.y1, t.x2, t.y2]], boxes)[0]
             if overlaps.max() >= 0.5:
                 found += 1; named += record['signs'][int(overlaps.argmax())]['class_id'] == t.class_id
     print(f"{named} of {total} signs in {len(paths)} validation scenes found with the right name ({found} found)")

@@ -202,3 +202,8 @@ def test_modules_import_only_from_below_and_stay_small():
         upward += [f'{module} ({notebook}) imports {u} ({order[u]})' for u in used if u in order and order[u] > notebook]
         if len(text.splitlines()) > 500: long.append(f'{module}: {len(text.splitlines())} lines')
     assert upward == [] and long == [], (upward, long)
+
+def test_figures_in_the_docs_are_rendered_from_their_json():
+    "Each figure of README.md and the model card has one source: a JSON in docs/figures/ that a command wrote."
+    r = subprocess.run([sys.executable, str(ROOT/'docs'/'render_figures.py'), '--check'], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr

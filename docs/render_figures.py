@@ -1,0 +1,73 @@
+"""Render the figures of README.md and gtsr/models/README.md from the JSON files in docs/figures/, so that each figure
+has one source: the command that wrote its JSON (named in the JSON's `command`).
+
+    python docs/render_figures.py           # rewrite every marked block
+    python docs/render_figures.py --check   # exit 1 if a block differs from what its JSON says (tests/test_packaging.py)
+
+A block is the text between `<!-- figure: NAME -->` and `<!-- /figure -->`; NAME names a function of FIGURES below.
+"""
+import json, re, sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+FIGURES_DIR = ROOT/'docs'/'figures'
+DOCS = [ROOT/'README.md', ROOT/'gtsr'/'models'/'README.md']
+BLOCK = re.compile(r'(<!-- figure: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /figure -->)', re.S)
+
+def load(name:str) -> dict:
+    "The JSON of docs/figures/NAME.json."
+    return json.loads((FIGURES_DIR/f'{name}.json').read_text())
+
+def _table(name:str) -> 'pd.DataFrame':
+    import pandas as pd
+    return pd.DataFrame(load(name)['rows'])
+
+def robustness_table(name:str) -> str:
+    "`gtsr.detect_robustness.robustness_markdown` of a robustness.json (`gtsr evaluate-detector --corruptions --out DIR`)."
+    from gtsr.detect_robustness import robustness_markdown
+    command = load(name).get('command')
+    return robustness_markdown(_table(name)) + (f"\n\n`{command}`" if command else '')
+
+def summary(name:str) -> dict:
+    "A robustness table's headline figures at level 3: clean recall and precision, the mean recall of the eight, the lowest of their precisions, night, rain."
+    from gtsr.config import SCENE_CORRUPTIONS
+    t = _table(name)
+    clean, three = t[t.corruption == 'none'].iloc[0], t[(t.level == 3) & t.corruption.isin(SCENE_CORRUPTIONS)]
+    own = {c: t[(t.level == 3) & (t.corruption == c)].recall for c in ('night', 'rain')}
+    return dict(clean_recall=clean.recall, clean_precision=clean.precision, mean=three.recall.mean(), lowest_precision=three.precision.min(),
+                **{c: (r.iloc[0] if len(r) else float('nan')) for c, r in own.items()}, complete=len(three) == len(SCENE_CORRUPTIONS))
+
+def detector_attempts() -> str:
+    "One line per detector scored under the corruptions (docs/figures/robustness-*.json, in `attempts.json`'s order)."
+    lines = ['| detector | clean recall / precision | mean of the eight, level 3 | lowest precision of the eight | night / rain, level 3 |',
+             '| --- | ---: | ---: | ---: | ---: |']
+    for a in load('attempts')['attempts']:
+        s = summary(a['figures'])
+        lines.append(f"| {a['name']} | {s['clean_recall']:.1%} / {s['clean_precision']:.1%} | **{s['mean']:.1%}** | {s['lowest_precision']:.1%} | {s['night']:.1%} / {s['rain']:.1%} |")
+    return '\n'.join(lines)
+
+FIGURES = {
+    'robustness-shipped': lambda: robustness_table('robustness-shipped'),
+    'robustness-attempt10': lambda: robustness_table('robustness-attempt10'),
+    'detector-attempts': detector_attempts,
+}
+
+def render(text:str) -> str:
+    "`text` with every marked block made anew from its JSON."
+    def block(m):
+        if m['name'] not in FIGURES: raise SystemExit(f"unknown figure {m['name']!r}; known: {', '.join(FIGURES)}")
+        return m.group(1) + FIGURES[m['name']]().rstrip('\n') + '\n' + m.group(4)
+    return BLOCK.sub(block, text)
+
+def main(check:bool=False) -> int:
+    stale = []
+    for doc in DOCS:
+        text = doc.read_text()
+        new = render(text)
+        if new != text:
+            stale.append(doc.relative_to(ROOT))
+            if not check: doc.write_text(new)
+    if check and stale: print(f"figures differ from docs/figures/*.json in {', '.join(map(str, stale))}: run python docs/render_figures.py")
+    return 1 if check and stale else 0
+
+if __name__ == '__main__': sys.exit(main('--check' in sys.argv[1:]))
