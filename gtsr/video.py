@@ -243,25 +243,31 @@ def speed_limits(signs:list[dict], # `track_signs` records
 def timeline_figure(record:dict, # `video_record` of one video
                     path=None, # PNG to save it to (atomically); none if not given
                    ):
-    "Each sign as a bar over time (seconds), named, under the speed limit in force as a step line; returns the matplotlib figure."
+    "Each sign as a bar over the clip's seconds, named, under the speed limit in force as a step line (left out when no limit sign was seen); returns the matplotlib figure."
     import matplotlib; matplotlib.use('Agg', force=False)
     import matplotlib.pyplot as plt
-    signs, end = record['signs'], max(record['frames'] / max(record['fps'], 1e-9), max((s['last_s'] for s in record['signs']), default=0))
-    fig, (top, ax) = plt.subplots(2, 1, sharex=True, figsize=(10, 1.6 + 0.32 * max(len(signs), 3)),
-                                  gridspec_kw=dict(height_ratios=[1.2, max(len(signs), 3) * 0.32]))
+    signs, end = record['signs'], max(record['frames'] / max(record['fps'], 1e-9), max((s['last_s'] for s in record['signs']), default=0)) or 1
     limits = speed_limits(signs)
-    xs, ys = [0.0], [np.nan]
-    for t, v in limits: xs.append(t); ys.append(np.nan if v is None else v)
-    xs.append(end); ys.append(ys[-1])
-    top.step(xs, ys, where='post', color='#c00000', lw=2)
-    for t, v in limits: top.annotate('no limit posted' if v is None else f'{v}', (t, v or 0), xytext=(3, 3), textcoords='offset points', fontsize=8)
-    top.set(ylabel='km/h', ylim=(0, 140), title=f"{Path(record['path']).name}: {len(signs)} signs, speed limit in force")
-    top.grid(alpha=0.3)
+    rows = max(len(signs), 3)
+    title = f"{Path(record['path']).name}: {len(signs)} sign{'s' * (len(signs) != 1)}"
+    if any(v is not None for _, v in limits):
+        fig, (top, ax) = plt.subplots(2, 1, sharex=True, figsize=(10, 1.6 + 0.32 * rows), gridspec_kw=dict(height_ratios=[1.2, rows * 0.32]))
+        xs, ys = [0.0], [np.nan]
+        for t, v in limits: xs.append(t); ys.append(np.nan if v is None else v)
+        xs.append(end); ys.append(ys[-1])
+        top.step(xs, ys, where='post', color='#c00000', lw=2)
+        for t, v in limits: top.annotate('no limit posted' if v is None else f'{v}', (t, v or 0), xytext=(3, 3), textcoords='offset points', fontsize=8)
+        top.set(ylabel='km/h', ylim=(0, 140), title=f"{title}, speed limit in force")
+        top.grid(alpha=0.3)
+    else: fig, ax = plt.subplots(figsize=(10, 0.8 + 0.32 * rows)); ax.set_title(title)
     for row, s in enumerate(signs):
         width = max(s['last_s'] - s['first_s'], end / 200)
         ax.barh(row, width, left=s['first_s'], height=0.6, color='#e8b000' if s['class_id'] not in SPEED_LIMITS else '#c00000')
-        ax.text(s['first_s'] + width + end / 150, row, f"#{s['track_id']} {s['name']}", va='center', fontsize=8)
-    ax.set(xlabel='seconds', xlim=(0, end * 1.25 or 1), ylim=(max(len(signs), 1) - 0.5, -0.5), yticks=[])
+        # the name after the bar, or before it near the clip's end, or on it when it spans most of the clip
+        x, ha = ((s['first_s'] + width + end / 150, 'left') if s['first_s'] + width < 0.6 * end else
+                 (s['first_s'] - end / 150, 'right') if s['first_s'] > 0.4 * end else (s['first_s'] + end / 150, 'left'))
+        ax.text(x, row, f"#{s['track_id']} {s['name']}", va='center', ha=ha, fontsize=8)
+    ax.set(xlabel='seconds', xlim=(0, end), ylim=(max(len(signs), 1) - 0.5, -0.5), yticks=[])
     ax.grid(axis='x', alpha=0.3)
     fig.tight_layout()
     if path is not None:
