@@ -12,12 +12,12 @@ __all__ = ['TRACKER_SETTINGS', 'DETECTION_MIN_SCORE', 'DEFAULT_STRIDE_SECONDS', 
 
 # %% ../nbs/10_video.ipynb #b95c0e96
 import json, sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 import numpy as np
 from PIL import Image, ImageDraw
-from .data import CLASS_NAMES, GtsrError, atomic_path, widened_crop
+from .data import CLASS_NAMES, atomic_path, widened_crop
 from .detect import CROP_MARGIN, Detector, SignDetection, _font, box_iou
 from .video_io import (VIDEO_SUFFIXES, THUMBNAIL, Frame, VideoError, VideoWriter, exact_rate, read_video_info, # reading and writing
                            video_frames, write_frames) # video (`gtsr.video_io`), also importable from here
