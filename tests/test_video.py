@@ -26,19 +26,32 @@ def drive(gtsdb, tmp_path_factory):
     scenes = [s for s in drive_scenes(gtsdb, 'valid', with_signs=True) if ((s[1].x2 - s[1].x1) >= 40).all()][:2]
     return write_drive(tmp_path_factory.mktemp('drive')/'drive.mp4', scenes, seed=3)
 
-def write_timed(path, frames, times, rotation=0):
-    "An H.264 MP4 of `frames` shown at `times` (seconds): a variable frame rate, with a display rotation."
+def write_timed(path, frames, times, rotation=0, rate=25, time_base=Fraction(1, 1000)):
+    "An H.264 video of `frames` shown at `times` (seconds, stored as time stamps in `time_base`): a variable frame rate, with a display rotation."
     import av
     from av.video.frame import VideoFrame
     with av.open(str(path), 'w') as out:
-        s = out.add_stream('libx264', rate=25)
-        s.height, s.width, s.pix_fmt, s.time_base = *frames[0].shape[:2], 'yuv420p', Fraction(1, 1000)
+        s = out.add_stream('libx264', rate=rate)
+        s.height, s.width, s.pix_fmt, s.time_base = *frames[0].shape[:2], 'yuv420p', time_base
+        s.codec_context.time_base = time_base
         if rotation: s.set_display_rotation(rotation)
         for a, t in zip(frames, times):
-            f = VideoFrame.from_ndarray(np.ascontiguousarray(a), format='rgb24'); f.pts, f.time_base = round(t * 1000), Fraction(1, 1000)
+            f = VideoFrame.from_ndarray(np.ascontiguousarray(a), format='rgb24'); f.pts, f.time_base = round(t / time_base), time_base
             for p in s.encode(f): out.mux(p)
         for p in s.encode(): out.mux(p)
     return path
+
+def time_stamps(path) -> tuple:
+    "(time base, frame rate the header says, the decoded frames' time stamps) of the video at `path`."
+    import av
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        return s.time_base, s.average_rate, [f.pts for f in c.decode(s)]
+
+def moving_frames(n, size=(96, 160)):
+    "`n` frames of a grey gradient sliding one pixel a frame: no scene cut anywhere."
+    ramp = np.tile(np.linspace(40, 200, size[1] + n, dtype=np.uint8), (size[0], 1))
+    return [np.repeat(ramp[:, i:i + size[1], None], 3, axis=2) for i in range(n)]
 
 def bad_inputs(folder:Path) -> dict:
     "name -> (file, what its error says) for every unreadable input of the issue."
@@ -154,3 +167,45 @@ def test_evaluate_video_on_the_drive(drive):
     assert m['signs'] >= 2 and 0 < m['recall'] <= 1 and 0 < m['precision'] <= 1 and 0 <= m['split'] <= 1 and m['idf1'] > 0
     r = run_gtsr('evaluate-video', drive.with_name('nothing.mp4'), timeout=120)
     assert r.returncode == 1 and 'no such file' in r.stderr
+
+RATES = {'ntsc.mp4': (Fraction(30000, 1001), Fraction(1, 30000)), 'phone.mp4': (Fraction(1507, 50), Fraction(1, 90000)), # 29.97, 30.14
+         'fast.mkv': (Fraction(60000, 1001), Fraction(1, 1000))} # 59.94
+
+def test_out_keeps_rational_and_variable_rates_and_their_time_stamps(tmp_path):
+    "`gtsr video --out` at 29.97, 30.14 and 59.94 fps and at a variable rate: the annotated video has the source's frames at the same time stamps in the same time base."
+    frames = moving_frames(24)
+    clips = {name: write_timed(tmp_path/name, frames, np.arange(24) / rate, rate=rate, time_base=tb) for name, (rate, tb) in RATES.items()}
+    vfr_times = np.cumsum([0] + [0.03 if i % 2 else 0.05 for i in range(23)]) # 33 and 20 fps in turn
+    clips['vfr.mp4'] = write_timed(tmp_path/'vfr.mp4', frames, vfr_times)
+    r = run_gtsr('video', '--json', '--out', tmp_path/'out', *clips.values(), timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    records = {Path(x['path']).name: x for x in json.loads(r.stdout)}
+    for name, path in clips.items():
+        time_base, rate, pts = time_stamps(path)
+        assert 'error' not in records[name] and records[name]['frames'] == 24 and records[name]['fps'] == round(float(rate), 3), records[name]
+        annotated = tmp_path/'out'/f'{path.stem}.annotated.mp4'
+        out_base, out_rate, out_pts = time_stamps(annotated)
+        assert (out_base, out_pts) == (time_base, [p - pts[0] for p in pts]), (name, out_base, time_base, out_pts, pts)
+        assert abs(out_rate / rate - 1) < 0.005, (name, out_rate, rate) # the average rate a demuxer works out (Matroska's from times rounded to 1 ms)
+    assert not [p for p in (tmp_path/'out').iterdir() if 'partial' in p.name]
+
+def test_tracker_measures_motion_in_seconds():
+    "Frames missing from a variable-rate video (a gap of 0.96 s between detector frames) do not split a moving sign: ByteTrack is given each frame's time."
+    from gtsr.detect import SignDetection
+    from gtsr.video import SignTracker
+    tracker = SignTracker(fps=25, stride=8)
+    for frame, seconds in [(0, 0.0), (8, 0.32), (16, 0.64), (24, 0.96), (48, 1.92), (56, 2.24)]:
+        x = 100 + 150 * seconds # 150 px a second to the right
+        tracker.update(frame, seconds, [SignDetection([x, 100, x + 40, 140], 14, 'Stop', 0.95, 0.9, [])])
+    signs = tracker.finish()
+    assert [[s.frame for s in t.sightings] for t in signs] == [[0, 8, 16, 24, 48, 56]], signs
+
+def test_detector_reads_frames_evenly_in_time_at_a_variable_rate(tmp_path):
+    "At 30 fps and then 10 fps, the detector reads a frame every 0.1 s (every 3rd frame, then every frame), not every 3rd frame throughout."
+    from gtsr.detect import Detector
+    from gtsr.video import track_frames
+    times = np.r_[np.arange(30) / 30, 1 + np.arange(20) / 10]
+    clip = write_timed(tmp_path/'slower.mp4', moving_frames(50), times)
+    read = [tf.frame.seconds for tf in track_frames(clip, Detector.load(), fps=30, stride=3) if tf.linked is not None]
+    assert np.allclose(np.diff(read), 0.1, atol=0.002), read
+    assert len(read) == 30, read
