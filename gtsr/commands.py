@@ -13,7 +13,8 @@ __all__ = ['COMMANDS', 'command', 'build_parser', 'main', 'add_download', 'add_c
 # %% ../nbs/13_commands.ipynb #cb9802ec
 import argparse, os, platform, sys
 from pathlib import Path
-from .config import MAX_DECODE_MP, MAX_FILES, MAX_UPLOAD_MB, QUEUE_TIMEOUT, READ_TIMEOUT, REQUEST_TIMEOUT, TrainConfig, missing_extra
+from .config import (HEADER_TIMEOUT, KEEP_ALIVE, MAX_CONNECTIONS, MAX_DECODE_MP, MAX_FILES, MAX_HEADER_KB, MAX_UPLOAD_MB, QUEUE_TIMEOUT,
+                         READ_TIMEOUT, REQUEST_TIMEOUT, TrainConfig, missing_extra)
 from .data import IMAGE_SUFFIXES, GtsrError, default_data_dir
 from .modelfile import BACKENDS
 
@@ -342,7 +343,8 @@ def add_bench_train(sub):
 def _serve(args):
     from gtsr.serve import serve
     serve(args.host, args.port, args.model, args.backend, args.workers, args.max_upload_mb, args.max_files, detector=args.detector,
-          max_decode_mp=args.max_decode_mp, queue_timeout=args.queue_timeout, request_timeout=args.request_timeout, read_timeout=args.read_timeout)
+          max_decode_mp=args.max_decode_mp, queue_timeout=args.queue_timeout, request_timeout=args.request_timeout, read_timeout=args.read_timeout,
+          max_header_kb=args.max_header_kb, header_timeout=args.header_timeout, keep_alive=args.keep_alive, max_connections=args.max_connections)
 
 @command
 def add_serve(sub):
@@ -358,6 +360,11 @@ def add_serve(sub):
     for flag, default, meaning in (('--max-decode-mp', MAX_DECODE_MP, 'most megapixels decoded at once; a larger upload gets 413'), ('--queue-timeout', QUEUE_TIMEOUT, 'most seconds an upload waits to be decoded, then 503'),
                                    ('--request-timeout', REQUEST_TIMEOUT, 'most seconds per request, then 504'), ('--read-timeout', READ_TIMEOUT, 'most seconds between two chunks of a body, then 408')):
         s.add_argument(flag, type=float, default=default, help=f'{meaning} (default {default:g})')
+    for flag, default, meaning in (('--max-header-kb', MAX_HEADER_KB, 'largest request line and headers, in KB, then 431'),
+                                   ('--header-timeout', HEADER_TIMEOUT, "most seconds from a request's first byte to its last header, then 408"),
+                                   ('--keep-alive', KEEP_ALIVE, 'most seconds a connection stays silent before a request, then closed')):
+        s.add_argument(flag, type=float, default=default, help=f'{meaning} (default {default:g})')
+    s.add_argument('--max-connections', type=int, default=MAX_CONNECTIONS, help=f'most open connections per worker, then 503 (default {MAX_CONNECTIONS})')
     s.set_defaults(run=_serve)
 
 def _bench_serve(args):
