@@ -1,7 +1,7 @@
 """The HTTP API (`gtsr serve`) on the shipped INT8 model and detector: each endpoint, each refusal, docs that need no
 CDN, Prometheus metrics, a schema fuzz run against the live OpenAPI schema, bounded load tests on loopback with steady
 memory, and uploads that never touch the disk."""
-import asyncio, io, json, re, socket, tempfile, time
+import asyncio, contextlib, io, json, re, socket, tempfile, time
 from collections import Counter
 from pathlib import Path
 import httpx
@@ -220,10 +220,11 @@ def served(env=None, **options):
     "`gtsr serve` (INT8, one worker) on a free loopback port with `options`; yields (url, port, process), then stops it."
     port = free_port()
     proc = start_server(port, env=env, model=str(MODELS/'model.pkl'), backend='onnx-int8', **options)
-    yield f'http://127.0.0.1:{port}', port, proc
-    if proc.poll() is None: proc.terminate()
-    try: proc.wait(20)
-    except Exception: proc.kill()
+    try: yield f'http://127.0.0.1:{port}', port, proc
+    finally: # also when a test fails inside a `for ... in served()` loop
+        if proc.poll() is None: proc.terminate()
+        try: proc.wait(20)
+        except Exception: proc.kill()
 
 @pytest.fixture(scope='module')
 def live(tmp_path_factory):
@@ -456,7 +457,8 @@ def test_idle_connections_are_closed_after_keep_alive(guarded):
 
 def test_connections_past_the_cap_are_503():
     "With --max-connections 4, a fifth open connection is answered 503 (JSON) and closed; once one closes, the next is served."
-    for url, port, _ in served(max_connections=4):
+    with contextlib.closing(served(max_connections=4)) as server: # stopped even if an assertion fails
+        url, port, _ = next(server)
         held = [socket.create_connection(('127.0.0.1', port)) for _ in range(4)]
         time.sleep(0.3)
         with socket.create_connection(('127.0.0.1', port)) as s:
