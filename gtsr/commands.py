@@ -6,8 +6,8 @@ Docs: https://gtsr.github.io/gtsr/commands.html.md"""
 
 # %% auto #0
 __all__ = ['COMMANDS', 'command', 'build_parser', 'main', 'add_download', 'add_config_options', 'config_from', 'add_train',
-           'add_model_options', 'add_evaluate', 'add_calibrate', 'expand_inputs', 'predict_files', 'format_results',
-           'add_predict', 'add_export', 'markdown_table', 'add_bench', 'add_bench_train', 'add_serve',
+           'add_model_options', 'add_evaluate', 'add_calibrate', 'expand_inputs', 'one_line', 'predict_files',
+           'format_results', 'add_predict', 'add_export', 'markdown_table', 'add_bench', 'add_bench_train', 'add_serve',
            'add_bench_serve', 'add_app']
 
 # %% ../nbs/13_commands.ipynb #cb9802ec
@@ -179,6 +179,12 @@ def expand_inputs(items, # files, folders and glob patterns
         else: paths.append(item)
     return paths
 
+# %% ../nbs/13_commands.ipynb #bb6769ee
+def one_line(text:str, # a file name, or a message that quotes one
+            ) -> str:
+    "`text` with its control characters written as escapes (a newline as `\\n`), so that one file stays on one line of a command's output."
+    return ''.join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
 # %% ../nbs/13_commands.ipynb #dabb272d
 def predict_files(paths, # image files
                   model=None, # model file; default the shipped model
@@ -204,11 +210,12 @@ def format_results(results:list[dict], # `predict_files` records
             for k, p in enumerate(r.get('predictions', []), 1):
                 w.writerow([r['path'], k, p['class_id'], p['name'], f"{p['probability']:.6f}", r['verdict'], ''])
         return buf.getvalue().rstrip('\n')
-    width = min(max([len(r['path']) for r in results] + [4]), 60)
+    width = min(max([len(one_line(r['path'])) for r in results] + [4]), 60)
     lines = [f"{'file':<{width}}  {'prediction':<40} {'prob':>8}  other guesses"]
     for r in results:
-        name = r['path'] if len(r['path']) <= width else '...' + r['path'][-width + 3:]
-        if 'error' in r: lines.append(f"{name:<{width}}  ERROR: {r['error']}"); continue
+        path = one_line(r['path'])
+        name = path if len(path) <= width else '...' + path[-width + 3:]
+        if 'error' in r: lines.append(f"{name:<{width}}  ERROR: {one_line(r['error'])}"); continue
         top, *rest = r['predictions']
         if r['verdict'] == 'not_a_sign': lines.append(f"{name:<{width}}  {'-':>2} not a traffic sign"); continue # names no sign at "under 1%"
         label = {'sign': top['name'], 'not_sure': f"not sure: {top['name']}?"}[r['verdict']]
