@@ -6,14 +6,15 @@ Docs: https://gtsr.github.io/gtsr/commands.html.md"""
 
 # %% auto #0
 __all__ = ['COMMANDS', 'command', 'build_parser', 'main', 'add_download', 'add_config_options', 'config_from', 'add_train',
-           'add_model_options', 'add_evaluate', 'add_calibrate', 'expand_inputs', 'predict_files', 'format_results',
-           'add_predict', 'add_export', 'markdown_table', 'add_bench', 'add_bench_train', 'add_serve',
+           'add_model_options', 'add_evaluate', 'add_calibrate', 'expand_inputs', 'one_line', 'predict_files',
+           'format_results', 'add_predict', 'add_export', 'markdown_table', 'add_bench', 'add_bench_train', 'add_serve',
            'add_bench_serve', 'add_app']
 
 # %% ../nbs/13_commands.ipynb #cb9802ec
 import argparse, os, platform, sys
 from pathlib import Path
-from .config import MAX_DECODE_MP, MAX_FILES, MAX_UPLOAD_MB, QUEUE_TIMEOUT, READ_TIMEOUT, REQUEST_TIMEOUT, TrainConfig, missing_extra
+from .config import (HEADER_TIMEOUT, KEEP_ALIVE, MAX_CONNECTIONS, MAX_DECODE_MP, MAX_FILES, MAX_HEADER_KB, MAX_UPLOAD_MB, QUEUE_TIMEOUT,
+                         READ_TIMEOUT, REQUEST_TIMEOUT, TrainConfig, missing_extra)
 from .data import IMAGE_SUFFIXES, GtsrError, default_data_dir
 from .modelfile import BACKENDS
 
@@ -178,6 +179,12 @@ def expand_inputs(items, # files, folders and glob patterns
         else: paths.append(item)
     return paths
 
+# %% ../nbs/13_commands.ipynb #bb6769ee
+def one_line(text:str, # a file name, or a message that quotes one
+            ) -> str:
+    "`text` with its control characters written as escapes (a newline as `\\n`), so that one file stays on one line of a command's output."
+    return ''.join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
 # %% ../nbs/13_commands.ipynb #dabb272d
 def predict_files(paths, # image files
                   model=None, # model file; default the shipped model
@@ -203,11 +210,12 @@ def format_results(results:list[dict], # `predict_files` records
             for k, p in enumerate(r.get('predictions', []), 1):
                 w.writerow([r['path'], k, p['class_id'], p['name'], f"{p['probability']:.6f}", r['verdict'], ''])
         return buf.getvalue().rstrip('\n')
-    width = min(max([len(r['path']) for r in results] + [4]), 60)
+    width = min(max([len(one_line(r['path'])) for r in results] + [4]), 60)
     lines = [f"{'file':<{width}}  {'prediction':<40} {'prob':>8}  other guesses"]
     for r in results:
-        name = r['path'] if len(r['path']) <= width else '...' + r['path'][-width + 3:]
-        if 'error' in r: lines.append(f"{name:<{width}}  ERROR: {r['error']}"); continue
+        path = one_line(r['path'])
+        name = path if len(path) <= width else '...' + path[-width + 3:]
+        if 'error' in r: lines.append(f"{name:<{width}}  ERROR: {one_line(r['error'])}"); continue
         top, *rest = r['predictions']
         if r['verdict'] == 'not_a_sign': lines.append(f"{name:<{width}}  {'-':>2} not a traffic sign"); continue # names no sign at "under 1%"
         label = {'sign': top['name'], 'not_sure': f"not sure: {top['name']}?"}[r['verdict']]
@@ -342,7 +350,8 @@ def add_bench_train(sub):
 def _serve(args):
     from gtsr.serve import serve
     serve(args.host, args.port, args.model, args.backend, args.workers, args.max_upload_mb, args.max_files, detector=args.detector,
-          max_decode_mp=args.max_decode_mp, queue_timeout=args.queue_timeout, request_timeout=args.request_timeout, read_timeout=args.read_timeout)
+          max_decode_mp=args.max_decode_mp, queue_timeout=args.queue_timeout, request_timeout=args.request_timeout, read_timeout=args.read_timeout,
+          max_header_kb=args.max_header_kb, header_timeout=args.header_timeout, keep_alive=args.keep_alive, max_connections=args.max_connections)
 
 @command
 def add_serve(sub):
@@ -358,6 +367,11 @@ def add_serve(sub):
     for flag, default, meaning in (('--max-decode-mp', MAX_DECODE_MP, 'most megapixels decoded at once; a larger upload gets 413'), ('--queue-timeout', QUEUE_TIMEOUT, 'most seconds an upload waits to be decoded, then 503'),
                                    ('--request-timeout', REQUEST_TIMEOUT, 'most seconds per request, then 504'), ('--read-timeout', READ_TIMEOUT, 'most seconds between two chunks of a body, then 408')):
         s.add_argument(flag, type=float, default=default, help=f'{meaning} (default {default:g})')
+    for flag, default, meaning in (('--max-header-kb', MAX_HEADER_KB, 'largest request line and headers, in KB, then 431'),
+                                   ('--header-timeout', HEADER_TIMEOUT, "most seconds from a request's first byte to its last header, then 408"),
+                                   ('--keep-alive', KEEP_ALIVE, 'most seconds a connection stays silent before a request, then closed')):
+        s.add_argument(flag, type=float, default=default, help=f'{meaning} (default {default:g})')
+    s.add_argument('--max-connections', type=int, default=MAX_CONNECTIONS, help=f'most open connections per worker, then 503 (default {MAX_CONNECTIONS})')
     s.set_defaults(run=_serve)
 
 def _bench_serve(args):

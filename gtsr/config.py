@@ -6,9 +6,10 @@ Docs: https://gtsr.github.io/gtsr/config.html.md"""
 
 # %% auto #0
 __all__ = ['WEIGHT_DOWNLOAD_ERRORS', 'AUGMENTATIONS', 'SCENE_CORRUPTIONS', 'OWN_CORRUPTIONS', 'FINDER_ARCHS', 'MAX_DECODE_MP',
-           'QUEUE_TIMEOUT', 'REQUEST_TIMEOUT', 'READ_TIMEOUT', 'MAX_UPLOAD_MB', 'MAX_FILES', 'FINDER_STRIDE',
-           'TORCHVISION_ARCHS', 'ARCHS', 'SHIPPED_TEACHER', 'SHIPPED_RECIPE', 'EXTRA_MODULES', 'EXTRA_NAMES',
-           'TrainError', 'missing_weights_error', 'TrainConfig', 'DetectorConfig', 'missing_extra']
+           'QUEUE_TIMEOUT', 'REQUEST_TIMEOUT', 'READ_TIMEOUT', 'MAX_UPLOAD_MB', 'MAX_FILES', 'MAX_HEADER_KB',
+           'HEADER_TIMEOUT', 'KEEP_ALIVE', 'MAX_CONNECTIONS', 'FINDER_STRIDE', 'TORCHVISION_ARCHS', 'ARCHS',
+           'SHIPPED_TEACHER', 'SHIPPED_RECIPE', 'EXTRA_MODULES', 'EXTRA_NAMES', 'TrainError', 'missing_weights_error',
+           'TrainConfig', 'DetectorConfig', 'missing_extra']
 
 # %% ../nbs/04_config.ipynb #af0bafaf
 import urllib.error
@@ -38,6 +39,7 @@ OWN_CORRUPTIONS = ('night', 'rain') # `gtsr.weather`'s, reported beside them
 FINDER_ARCHS = ['signfinder', 'resnet18'] # the detector's finder trunks (`gtsr.model.signfinder`); here so that the command line lists them without importing torch
 MAX_DECODE_MP, QUEUE_TIMEOUT, REQUEST_TIMEOUT, READ_TIMEOUT = 100., 10., 60., 10. # `gtsr serve`'s bounds on a request's work: megapixels decoded at once, then seconds waiting to decode, per request, between two chunks of a body
 MAX_UPLOAD_MB, MAX_FILES = 10., 64 # `gtsr serve`'s default limits per request (body MB, files); here so that the command line shows them without importing fastapi
+MAX_HEADER_KB, HEADER_TIMEOUT, KEEP_ALIVE, MAX_CONNECTIONS = 16., 10., 5., 512 # `gtsr serve`'s limits per connection: KB of request line and headers (h11's and Node's default), seconds from a request's first byte to its last header, seconds idle before a request (uvicorn's keep-alive), open connections (half the usual 1,024 descriptors)
 FINDER_STRIDE = 4 # pixels of the photo per cell of the finder's maps (`gtsr.model.SignFinder`); here so that decoding them needs no torch
 TORCHVISION_ARCHS = ['resnet18', 'resnet34', 'resnet50', 'mobilenet_v3_large', 'efficientnet_b0']
 ARCHS = TORCHVISION_ARCHS + ['signnet']

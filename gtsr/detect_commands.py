@@ -13,7 +13,7 @@ import shlex, sys
 from pathlib import Path
 from .config import OWN_CORRUPTIONS, SCENE_CORRUPTIONS, DetectorConfig
 from .modelfile import BACKENDS
-from .commands import add_config_options, command, config_from, expand_inputs
+from .commands import add_config_options, command, config_from, expand_inputs, one_line
 
 # %% ../nbs/13b_detect_commands.ipynb #5417e08b
 def format_detections(records:list[dict], # `detection_records`
@@ -22,9 +22,9 @@ def format_detections(records:list[dict], # `detection_records`
     from gtsr.inference import format_probability
     lines = []
     for r in records:
-        if 'error' in r: lines.append(f"{r['path']}: ERROR: {r['error']}"); continue
+        if 'error' in r: lines.append(f"{one_line(r['path'])}: ERROR: {one_line(r['error'])}"); continue
         n = len(r['signs'])
-        lines.append(f"{r['path']} ({r['width']}x{r['height']}): " + (f"{n} sign{'s' * (n != 1)}" if n else 'no traffic sign found'))
+        lines.append(f"{one_line(r['path'])} ({r['width']}x{r['height']}): " + (f"{n} sign{'s' * (n != 1)}" if n else 'no traffic sign found'))
         lines += [f"  {n}. {s['name']} ({format_probability(s['probability'])}), box {s['box']}, score {s['score']:.2f}" for n, s in enumerate(r['signs'], 1)]
     return '\n'.join(lines)
 

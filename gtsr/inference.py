@@ -25,7 +25,11 @@ def onnx_session(path, # a verified ONNX file
     import onnxruntime as ort
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or os.cpu_count() or 1
-    return ort.InferenceSession(str(path), options, providers=['CPUExecutionProvider'])
+    try: return ort.InferenceSession(str(path), options, providers=['CPUExecutionProvider'])
+    except Exception as e: # a file that passes its checksum can still be no model at all (a manifest written for the wrong file)
+        if type(e).__module__ != 'onnxruntime.capi.onnxruntime_pybind11_state': raise
+        reason = str(e).rsplit(' : ', 1)[-1].replace(f'Load model from {path} failed:', '').strip()
+        raise ModelError(f"{path} is not an ONNX model onnxruntime can load ({reason}); export it again (gtsr export) or restore the shipped file.") from None
 
 class Prediction(NamedTuple):
     "One guess: class id, English sign name, probability."

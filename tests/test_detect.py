@@ -135,3 +135,15 @@ def test_a_strip_keeps_its_signs(real_gtsdb, tmp_path):
     for k in range(14): # each copy of the band holds what the band alone held, named the same
         copy = sorted(s['name'] for s in in_strip if k * 1428 <= s['box'][0] < k * 1428 + 1360)
         assert copy == sorted(s['name'] for s in in_band), (k, copy)
+
+def test_a_file_name_with_a_newline_stays_on_one_line(tmp_path):
+    "`gtsr detect` and `gtsr predict` write a name with a newline (or tab) escaped: one line per file, as for any other name."
+    scene = tmp_path/'road\nphoto\t1.png'; Image.new('RGB', (200, 100), 'gray').save(scene)
+    junk = tmp_path/'bad\nname.png'; junk.write_text('not an image')
+    r = run_gtsr('detect', scene, junk)
+    assert r.returncode == 2, r.stderr[-2000:]
+    lines = r.stdout.strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith(f'{tmp_path}/road\\nphoto\\t1.png (200x100): no traffic sign found'), lines
+    assert lines[1].startswith(f'{tmp_path}/bad\\nname.png: ERROR:'), lines
+    r = run_gtsr('predict', '--backend', 'onnx-int8', scene, junk)
+    assert len(r.stdout.strip().splitlines()) == 3 and 'bad\\nname.png' in r.stdout, r.stdout # the header and a row per file

@@ -130,3 +130,17 @@ def test_shipped_model_on_real_test_images(real_data):
         predicted = [p[0].class_id for p in clf.predict_batch(list(test.path), topk=1)]
         accuracy = np.mean(np.array(predicted) == test.class_id.to_numpy())
         assert accuracy > 0.98, (backend, accuracy)
+
+def test_a_file_that_passes_its_checksum_but_is_no_onnx_model_is_one_line(tmp_path):
+    "A junk file listed in its manifest (so it passes the checksum): predict, detect and serve refuse it in one line, no traceback."
+    from gtsr.modelfile import record_in_manifest
+    fake, finder = tmp_path/'model.onnx', tmp_path/'finder.onnx'
+    for f in (fake, finder): f.write_bytes(b'not a model, yet listed in its manifest')
+    record_in_manifest(fake, arch='signnet', size=32); record_in_manifest(finder, verifier=fake.name)
+    img = tmp_path/'a.png'; Image.new('RGB', (64, 64), (200, 30, 30)).save(img)
+    for args in (['predict', '--model', fake, '--backend', 'onnx', img], ['detect', '--detector', finder, img],
+                 ['serve', '--model', fake, '--backend', 'onnx', '--port', '1']):
+        r = run_gtsr(*args, timeout=120)
+        assert r.returncode == 1, (args, r.returncode, r.stderr[-2000:])
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and 'is not an ONNX model onnxruntime can load (Protobuf parsing failed.)' in lines[0], (args, r.stderr[-2000:])

@@ -1,7 +1,7 @@
 """The HTTP API (`gtsr serve`) on the shipped INT8 model and detector: each endpoint, each refusal, docs that need no
 CDN, Prometheus metrics, a schema fuzz run against the live OpenAPI schema, bounded load tests on loopback with steady
 memory, and uploads that never touch the disk."""
-import asyncio, io, json, re, socket, tempfile, time
+import asyncio, contextlib, io, json, re, socket, tempfile, time
 from collections import Counter
 from pathlib import Path
 import httpx
@@ -220,10 +220,11 @@ def served(env=None, **options):
     "`gtsr serve` (INT8, one worker) on a free loopback port with `options`; yields (url, port, process), then stops it."
     port = free_port()
     proc = start_server(port, env=env, model=str(MODELS/'model.pkl'), backend='onnx-int8', **options)
-    yield f'http://127.0.0.1:{port}', port, proc
-    if proc.poll() is None: proc.terminate()
-    try: proc.wait(20)
-    except Exception: proc.kill()
+    try: yield f'http://127.0.0.1:{port}', port, proc
+    finally: # also when a test fails inside a `for ... in served()` loop
+        if proc.poll() is None: proc.terminate()
+        try: proc.wait(20)
+        except Exception: proc.kill()
 
 @pytest.fixture(scope='module')
 def live(tmp_path_factory):
@@ -386,3 +387,122 @@ def test_aborted_upload_is_one_log_line(bounded):
     log = proc.stderr.read()
     assert 'Traceback' not in log, log[-3000:]
     assert len([l for l in log.splitlines() if 'aborted' in l]) == 1, log[-3000:]
+
+# --- limits at the HTTP layer: header size and arrival time, idle connections, open connections (real sockets)
+
+def _answer(s:socket.socket, timeout:float=10) -> tuple[bytes, float]:
+    "What the server sends on `s` until it closes the connection (or `timeout` s pass), and the seconds that took."
+    s.settimeout(timeout)
+    t, got = time.perf_counter(), b''
+    try:
+        while chunk := s.recv(65536): got += chunk
+    except TimeoutError: got += b'(still open)'
+    except ConnectionResetError: got += b'(reset)'
+    return got, time.perf_counter() - t
+
+def _stream_header(port:int, most:int=2_000_000) -> tuple[bytes, int]:
+    "Send a request whose header value never ends, 16 KB at a time, until the server stops reading or `most` bytes; the answer and the bytes sent."
+    s = socket.create_connection(('127.0.0.1', port))
+    sent = 0
+    try:
+        s.sendall(b'GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Endless: ')
+        s.settimeout(5)
+        while sent < most:
+            try: s.sendall(b'a' * 16384); sent += 16384
+            except (BrokenPipeError, ConnectionResetError, TimeoutError): break
+        return _answer(s, 5)[0], sent
+    finally: s.close()
+
+@pytest.fixture(scope='module')
+def guarded():
+    "`gtsr serve` on loopback with short HTTP limits: 8 KB of headers, 2 s to send them, 1 s idle; yields (url, port, process)."
+    yield from served(max_header_kb=8, header_timeout=2, keep_alive=1, max_connections=64)
+
+def test_headers_over_the_cap_are_431_and_closed(guarded):
+    "Headers that grow past --max-header-kb are answered 431 (JSON) and the connection closed at once; 6 KB of headers pass."
+    url, port, _ = guarded
+    got, _ = _stream_header(port)
+    assert got.startswith(b'HTTP/1.1 431') and b'max-header-kb' in got, got[:300]
+    with socket.create_connection(('127.0.0.1', port)) as s: # the same in one piece
+        s.sendall(b'GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: ' + b'a' * 20_000 + b'\r\n\r\n')
+        assert _answer(s, 5)[0].startswith(b'HTTP/1.1 431')
+    assert httpx.get(f'{url}/health', headers={'x-fill': 'a' * 6000}).status_code == 200
+
+def test_headers_that_trickle_in_are_408_within_the_header_timeout(guarded):
+    "A client sending its headers at 4 bytes/s is answered 408 and closed at --header-timeout, however steadily it sends."
+    _, port, _ = guarded
+    s = socket.create_connection(('127.0.0.1', port))
+    t = time.perf_counter()
+    try:
+        s.sendall(b'GET /health HTTP/1.1\r\n')
+        for _ in range(40): # up to 10 s; the server should close it after 2
+            try: s.sendall(b'X-a: '); time.sleep(0.25)
+            except (BrokenPipeError, ConnectionResetError): break
+        got, _ = _answer(s, 10)
+    finally: s.close()
+    elapsed = time.perf_counter() - t
+    assert got.startswith(b'HTTP/1.1 408') and b'header-timeout' in got, got[:300]
+    assert elapsed < 4, f"closed after {elapsed:.1f} s"
+
+def test_idle_connections_are_closed_after_keep_alive(guarded):
+    "A connection that sends nothing, and one idle after its answer, are closed at --keep-alive (1 s)."
+    _, port, _ = guarded
+    with socket.create_connection(('127.0.0.1', port)) as s:
+        got, waited = _answer(s, 10)
+    assert got == b'' and waited < 3, (got, waited)
+    with socket.create_connection(('127.0.0.1', port)) as s:
+        s.sendall(b'GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n')
+        got, waited = _answer(s, 10)
+    assert got.startswith(b'HTTP/1.1 200') and waited < 3, (got[:100], waited)
+
+def test_connections_past_the_cap_are_503():
+    "With --max-connections 4, a fifth open connection is answered 503 (JSON) and closed; once one closes, the next is served."
+    with contextlib.closing(served(max_connections=4)) as server: # stopped even if an assertion fails
+        url, port, _ = next(server)
+        held = [socket.create_connection(('127.0.0.1', port)) for _ in range(4)]
+        time.sleep(0.3)
+        with socket.create_connection(('127.0.0.1', port)) as s:
+            s.sendall(b'GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n')
+            got, waited = _answer(s, 5)
+        assert got.startswith(b'HTTP/1.1 503') and b'max-connections' in got and waited < 2, (got[:300], waited)
+        held.pop().close(); time.sleep(0.3)
+        assert httpx.get(f'{url}/health', timeout=5).status_code == 200
+        for s in held: s.close()
+
+def test_health_answers_while_clients_stream_and_trickle_headers(guarded):
+    """8 clients streaming endless headers (reconnecting when cut off) and 30 sending headers at 1 byte/s, for 6 s:
+    /health answers every probe within 1 s, and the server closes every slow client by --header-timeout."""
+    import threading
+    url, port, proc = guarded
+    stop, cut, slow_closed = threading.Event(), [0], []
+    def stream():
+        while not stop.is_set(): _stream_header(port, 4_000_000); cut[0] += 1
+    def trickle():
+        s = socket.create_connection(('127.0.0.1', port)); t = time.perf_counter()
+        try:
+            s.sendall(b'G')
+            for byte in b'ET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ' + b'a' * 60:
+                if stop.is_set(): return
+                time.sleep(1); s.send(bytes([byte]))
+        except (BrokenPipeError, ConnectionResetError): slow_closed.append(time.perf_counter() - t)
+        finally: s.close()
+    threads = [threading.Thread(target=f) for f in [stream] * 8 + [trickle] * 30]
+    for th in threads: th.start()
+    latencies, failures = [], []
+    try:
+        with httpx.Client(timeout=1) as client:
+            end = time.perf_counter() + 6
+            while time.perf_counter() < end:
+                t = time.perf_counter()
+                try: ok = client.get(f'{url}/health').status_code == 200
+                except httpx.HTTPError as e: ok = repr(e)
+                latencies.append(time.perf_counter() - t)
+                if ok is not True: failures.append(ok)
+                time.sleep(0.1)
+    finally: stop.set(); [th.join(30) for th in threads]
+    print(f"/health under 8 header streams and 30 trickling clients: {len(latencies)} probes, {len(failures)} failed, "
+          f"p50 {1000 * np.median(latencies):.0f} ms, max {1000 * max(latencies):.0f} ms; {cut[0]} streams cut off; "
+          f"{len(slow_closed)} of 30 slow clients closed by the server, the last after {max(slow_closed, default=0):.1f} s")
+    assert not failures and max(latencies) < 1, failures[:3]
+    assert len(slow_closed) == 30 and max(slow_closed) < 5
+    assert proc.poll() is None
