@@ -46,10 +46,22 @@ def detector_attempts() -> str:
         lines.append(f"| {a['name']} | {s['clean_recall']:.1%} / {s['clean_precision']:.1%} | **{s['mean']:.1%}** | {s['lowest_precision']:.1%} | {s['night']:.1%} / {s['rain']:.1%} |")
     return '\n'.join(lines)
 
+def operating_points() -> str:
+    "The operating point `choose_operating_point` chose for each trained attempt (docs/figures/attemptN-manifest.json, the manifests `gtsr train-detector` wrote)."
+    lines = ['| attempt | zooms | threshold | bounds met | clean recall / precision | mean of the eight, level 3 | lowest precision of the eight |',
+             '| --- | --- | ---: | --- | ---: | ---: | ---: |']
+    for path in sorted(FIGURES_DIR.glob('attempt*-manifest.json')):
+        entry = json.loads(path.read_text())['manifest']['detector.onnx']
+        op = entry['operating_point']
+        lines.append(f"| {path.name.split('-')[0].replace('attempt', 'attempt ')} | {', '.join(map(str, entry['zooms']))} | {entry['min_score']} | {op['met']} | "
+                     f"{op['clean_recall']:.1%} / {op['clean_precision']:.1%} | {op['mean_spoiled_recall']:.1%} | {op['lowest_spoiled_precision']:.1%} |")
+    return '\n'.join(lines)
+
 FIGURES = {
     'robustness-shipped': lambda: robustness_table('robustness-shipped'),
     'robustness-attempt10': lambda: robustness_table('robustness-attempt10'),
     'detector-attempts': detector_attempts,
+    'operating-points': operating_points,
 }
 
 def render(text:str) -> str:
