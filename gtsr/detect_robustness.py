@@ -112,7 +112,7 @@ def best_threshold(matched:dict, # {corruption: (detections, signs)}, 'none' amo
         rows.append(dict(min_score=float(t), clean_recall=at['none'][0], clean_precision=at['none'][1],
                          mean_recall=float(np.mean([at[c][0] for c in spoiled])) if spoiled else at['none'][0],
                          min_precision=min([at[c][1] for c in spoiled], default=1.0)))
-    table = pd.DataFrame(rows)
+    table = pd.DataFrame(rows, columns=['min_score', 'clean_recall', 'clean_precision', 'mean_recall', 'min_precision'])
     for met, ok in (('both', (table.clean_precision >= min_clean_precision) & (table.min_precision >= min_spoiled_precision)),
                     ('clean', table.clean_precision >= min_clean_precision)):
         if ok.any():
