@@ -43,8 +43,9 @@ def train_detector(gtsdb, # GTSDB folder: the finder trains on its training scen
     config, path = config.resolved(), Path(out)
     start = None if config.verifier_from_scratch else Path(model or default_model_path())
     if config.init is not None: # the warm start's own verifier
-        if 'verifier' not in verify_model(config.init): raise TrainError(f"{Path(config.init).name}'s manifest entry names no verifier to start from.")
-        start = Path(config.init).with_name(verify_model(config.init)['verifier'])
+        entry = verify_model(config.init)
+        if 'verifier' not in entry: raise TrainError(f"{Path(config.init).name}'s manifest entry names no verifier to start from.")
+        start = Path(config.init).with_name(entry['verifier'])
     if start is not None: verifier_network(start) # a classifier the verifier cannot start from stops here, not after the finder's training
     run = DetectorRun(path, _run_record(gtsdb, config, model=model, finder=finder), resume)
     if not run.finished('finder'):
