@@ -151,8 +151,11 @@ def test_rotated_variable_rate_and_4k_clips(drive, tmp_path):
     plain, rotated, vfr, big = json.loads(r.stdout)
     assert plain['signs'], plain
     assert (rotated['width'], rotated['height'], rotated['frames']) == (1280, 720, 50)
-    for a, b in zip(plain['signs'], rotated['signs']):
-        assert a['class_id'] == b['class_id'] and np.abs(np.subtract(a['box'], b['box'])).max() <= 6, (a, b)
+    shown = next(iter(video_frames(tmp_path/'rotated.mp4'))).pixels()
+    assert shown.shape == frames[0].shape and np.abs(shown.astype(int) - frames[0]).mean() < 4 # displayed upright, not stored portrait
+    # x264's output depends on the machine's threads, so a marginal sign may come and go; each sign found in both is in the same place
+    same = [b for b in rotated['signs'] if any(a['class_id'] == b['class_id'] and np.abs(np.subtract(a['box'], b['box'])).max() <= 6 for a in plain['signs'])]
+    assert rotated['signs'] and len(same) >= len(rotated['signs']) - 1 and len(same) >= len(plain['signs']) - 1, (plain['signs'], rotated['signs'])
     assert vfr['frames'] == 50 and vfr['signs']
     for s in vfr['signs']: assert abs(s['first_s'] - times[s['first_frame']]) < 0.002 and abs(s['last_s'] - times[s['last_frame']]) < 0.002
     assert (big['width'], big['height'], big['frames']) == (3840, 2160, 10)
