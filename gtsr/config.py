@@ -63,7 +63,7 @@ class TrainConfig:
     seed:int = 1 # random seed for the split, the weights and the augmentation
     members:int = 1 # networks to train alike (seeds SEED, SEED+1, ...) and ship as their average, a committee
     device:str|None = None # where to train: cuda, cuda:N, mps or cpu; default CUDA if present, then Apple's MPS, else the CPU
-    mixed_precision:bool = True # bfloat16 autocast on the CPU; on CUDA fastai's MixedPrecision, bf16 where the GPU supports it, else fp16
+    mixed_precision:bool = True # bfloat16 autocast on CPUs that compute in it (AVX512-BF16, AMX; float32 on others); on CUDA fastai's MixedPrecision, bf16 where the GPU supports it, else fp16
     half:bool = True # store the exported weights in float16 (half the size, same predictions to ~1e-3)
     label_smoothing:float = 0.0 # share of each label spread evenly over all classes (0: none, for probabilities that mean what they say)
     augmentation:str = 'warp' # batch augmentation: warp (rotation, zoom, perspective), lighting (+ brightness, contrast) or weather (+ half the images spoiled by gtsr.weather's kinds: noise, blur, motion blur, JPEG, contrast, fog, snow, rain, night..., as strong as on a sign of its size in a scene and never past legible)

@@ -101,8 +101,9 @@ def _at(dets:pd.DataFrame, signs:pd.DataFrame, t:float) -> tuple[float, float]:
 def best_threshold(matched:dict, # {corruption: (detections, signs)}, 'none' among them
                    min_clean_precision:float=0.985, # precision to keep on clean scenes
                    min_spoiled_precision:float=0.95, # precision to keep under each corruption
+                   min_clean_recall:float=0.965, # right-name recall to keep on clean scenes
                   ) -> dict:
-    "The threshold with the best mean right-name recall over the corruptions within both precision bounds (or within the clean one, or the clean F1's), with its figures."
+    "The threshold with the best mean right-name recall over the corruptions within the clean bounds and the spoiled precision bound (or within the clean bounds alone, or the clean F1's), with its figures."
     spoiled = [c for c in matched if c != 'none']
     scores = np.unique(np.concatenate([d.score.to_numpy() for d, _ in matched.values()]))
     scores = np.unique(np.quantile(scores, np.linspace(0, 1, 400))) if len(scores) > 400 else scores
@@ -113,8 +114,8 @@ def best_threshold(matched:dict, # {corruption: (detections, signs)}, 'none' amo
                          mean_recall=float(np.mean([at[c][0] for c in spoiled])) if spoiled else at['none'][0],
                          min_precision=min([at[c][1] for c in spoiled], default=1.0)))
     table = pd.DataFrame(rows, columns=['min_score', 'clean_recall', 'clean_precision', 'mean_recall', 'min_precision'])
-    for met, ok in (('both', (table.clean_precision >= min_clean_precision) & (table.min_precision >= min_spoiled_precision)),
-                    ('clean', table.clean_precision >= min_clean_precision)):
+    clean_ok = (table.clean_precision >= min_clean_precision) & (table.clean_recall >= min_clean_recall)
+    for met, ok in (('both', clean_ok & (table.min_precision >= min_spoiled_precision)), ('clean', clean_ok)):
         if ok.any():
             best = table[ok].sort_values(['mean_recall', 'clean_recall'], ascending=False, kind='stable').iloc[0]
             return dict(best.to_dict(), met=met)

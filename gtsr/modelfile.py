@@ -110,7 +110,7 @@ class ModelMeta(TypedDict):
     train_seconds: NotRequired[float] # wall time of training
     members: NotRequired[list[dict]] # a committee's members' configs
 
-RETIRED_TRANSFORMS = ('RandomBlur', 'RandomNoise', 'RandomPixelate', 'RandomMotionBlur') # gtsr.train's augmentations of older learners (the shipped ones): gtsr.weather does their work now
+RETIRED_TRANSFORMS = ('RandomBlur', 'RandomNoise', 'RandomPixelate', 'RandomMotionBlur', 'RandomWeather') # gtsr.train's augmentations of older learners (the shipped ones): gtsr.weather does their work now
 
 class _LearnerUnpickler(pickle.Unpickler):
     "Unpickles an exported learner, its retired training transforms as fastai's `RandTransform` (which does nothing: they only ever ran on training batches)."

@@ -7,7 +7,7 @@ Docs: https://gtsr.github.io/gtsr/weather.html.md"""
 # %% auto #0
 __all__ = ['IMAGECORRUPTIONS', 'KINDS', 'LEVELS', 'TRAIN_LEVELS', 'TRAIN_KINDS', 'MIN_LEGIBILITY', 'SIGN_SIDES', 'disk_kernel',
            'line_kernel', 'rain', 'night', 'lighting', 'strength_level', 'spoil', 'check_level', 'corrupt_images',
-           'random_spoil', 'spoil_sign', 'legibility', 'random_sign_spoil']
+           'random_spoil', 'spoil_sign', 'legibility', 'random_sign_spoil', 'spoiled_copies']
 
 # %% ../nbs/05b_weather.ipynb #a7c84e54
 import warnings, zlib
@@ -110,7 +110,9 @@ def _imagecorruption(name:str):
         h, w = image.shape[:2]
         padded = np.pad(image, ((0, max(0, 32 - h)), (0, max(0, 32 - w)), (0, 0)), mode='edge') # imagecorruptions takes 32 px and more
         np.random.seed(rng.integers(2 ** 32))
-        try: out = corrupt(np.ascontiguousarray(padded), severity=strength_level(strength), corruption_name=name)
+        try:
+            with np.errstate(invalid='raise'): out = corrupt(np.ascontiguousarray(padded), severity=strength_level(strength), corruption_name=name)
+        except FloatingPointError: out = padded # spatter with no drop on a small picture divides 0 by 0: a black picture before
         finally: np.random.set_state(state)
         return np.uint8(np.clip(np.asarray(out, dtype=np.float32)[:h, :w], 0, 255).round())
     kind.__name__, kind.__doc__ = name, f"imagecorruptions' {name.replace('_', ' ')} at severity round(5 x strength)."
@@ -200,3 +202,11 @@ def random_sign_spoil(sign:np.ndarray, # h x w x 3 uint8 sign crop
         out = spoil_sign(sign, kind, level / 5, rng, side)
         if legibility(sign, out) >= min_legibility: return out
     return sign
+
+# %% ../nbs/05b_weather.ipynb #23a29120
+def spoiled_copies(signs:np.ndarray, # N x h x w x 3 uint8 sign crops (e.g. GTSRB's 32 px training images)
+                   seed:int=0, # the same seed, the same copies
+                  ) -> np.ndarray:
+    "One `random_sign_spoil` copy of each of `signs` (N x h x w x 3 uint8)."
+    rng = np.random.default_rng(seed)
+    return np.stack([random_sign_spoil(s, rng) for s in signs]) if len(signs) else signs.copy()
