@@ -176,18 +176,20 @@ def spoil_sign(sign:np.ndarray, # h x w x 3 uint8 crop of a sign (e.g. a 32 px G
     return _resized(spoil(scene, kind, strength, rng), (w, h))
 
 def _detail(a:np.ndarray) -> np.ndarray:
-    "The fine detail of a picture: its grey values at 32 px less their Gaussian blur (sigma 2 px), less their mean."
+    "The fine detail of a sign's middle, where its digits and pictogram are: grey values at 32 px less their Gaussian blur (sigma 2 px), the central 16x16, less their mean."
     g = Image.fromarray(a).convert('L').resize((32, 32), Image.Resampling.BILINEAR, reducing_gap=None)
-    d = (np.asarray(g, np.float64) - np.asarray(g.filter(ImageFilter.GaussianBlur(2)), np.float64)).ravel()
+    d = (np.asarray(g, np.float64) - np.asarray(g.filter(ImageFilter.GaussianBlur(2)), np.float64))[8:24, 8:24].ravel()
     return d - d.mean()
 
 def legibility(clean:np.ndarray, spoiled:np.ndarray, # two h x w x 3 uint8 pictures of one sign
               ) -> float:
-    "How much of `clean`'s fine detail (the strokes of a '30', an arrow, a lorry) `spoiled` keeps: the correlation of their `_detail`."
+    "How well `spoiled` still shows `clean`'s fine detail (the strokes of a '30', an arrow, a lorry): the lowest of their detail's correlation, twice the share of it kept, and its kept strength in grey levels / 5."
     a, b = _detail(clean), _detail(spoiled)
-    return float((a @ b) / max(np.sqrt((a @ a) * (b @ b)), 1e-9))
+    aa, ab = a @ a, a @ b
+    kept = ab / max(aa, 1e-9) # 1: all of the clean detail is there; 0.3: a third (darkened, washed out)
+    return float(min(ab / max(np.sqrt(aa * (b @ b)), 1e-9), 2 * kept, kept * np.sqrt(aa / len(a)) / 5))
 
-MIN_LEGIBILITY = 0.6 # a spoiled sign less like its clean self than this is spoiled less
+MIN_LEGIBILITY = 0.75 # a spoiled sign less legible than this is spoiled less
 SIGN_SIDES = (20, 120) # the sides a sign crop is imagined at (drawn log-uniformly): GTSDB's signs, 16-128 px
 
 def random_sign_spoil(sign:np.ndarray, # h x w x 3 uint8 sign crop
@@ -203,7 +205,7 @@ def random_sign_spoil(sign:np.ndarray, # h x w x 3 uint8 sign crop
         if legibility(sign, out) >= min_legibility: return out
     return sign
 
-# %% ../nbs/05b_weather.ipynb #23a29120
+# %% ../nbs/05b_weather.ipynb #9f543589
 def spoiled_copies(signs:np.ndarray, # N x h x w x 3 uint8 sign crops (e.g. GTSRB's 32 px training images)
                    seed:int=0, # the same seed, the same copies
                   ) -> np.ndarray:
