@@ -14,7 +14,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import NamedTuple
 import numpy as np
-from .data import GtsrError, atomic_path
+from .data import GtsrError, atomic_path, file_problem
 
 # %% ../nbs/09h_video_io.ipynb #d6859b1b
 MAX_VIDEO_PIXELS = 8192 * 4352 # larger frames are refused (8K is the largest any camera records; a 4K frame has 8.3M pixels)
@@ -39,8 +39,7 @@ def _open(path) -> tuple:
     "(container, video stream) of the file at `path`, or a `VideoError` that says why not."
     import av
     p = Path(path)
-    if not p.is_file(): raise VideoError(f"{p}: no such file")
-    if p.stat().st_size == 0: raise VideoError(f"{p}: empty file (0 bytes)")
+    if problem := file_problem(p): raise VideoError(f"{p}: {problem}")
     try: container = av.open(str(p))
     except av.FFmpegError as e: raise VideoError(f"{p}: not a readable video (truncated, corrupt or not a video: {e.strerror or e})") from None
     fmt = container.format.name
