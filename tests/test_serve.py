@@ -181,6 +181,8 @@ def test_no_file_is_422(api):
 
 def test_malformed_multipart_is_400(api):
     assert_refused(api.post('/v1/classify', content=b'hello', headers={'content-type': 'multipart/form-data'}), 400, 'boundary')
+    cut = b'--xyz\r\nContent-Disposition: form-data; name="files"; filename="a.png"\r\n\r\n' + STOP # no closing boundary
+    assert_refused(api.post('/v1/classify', content=cut, headers={'content-type': 'multipart/form-data; boundary=xyz'}), 400, 'ends before its closing boundary')
 
 def test_bad_topk_is_422(api):
     for q in ('topk=0', 'topk=44', 'topk=two'):
