@@ -220,10 +220,11 @@ def _to_rgb(img:Image.Image) -> Image.Image:
     "An RGB copy of `img`: transparency over white, 16-bit and float scaled to 8 bits."
     if img.mode in ('I;16', 'I;16B', 'I;16L', 'I', 'F'): img = _to_8bit(img)
     if img.mode == 'P' and 'transparency' in img.info: img = img.convert('RGBA')
-    if img.mode in ('RGBA', 'LA', 'PA'):
-        img = img.convert('RGBA')
-        white = Image.new('RGBA', img.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, img).convert('RGB')
+    if img.mode in ('RGBA', 'LA', 'PA'): # pasted on white through its alpha: the same pixels as `alpha_composite`, fewer copies
+        if img.mode != 'RGBA': img = img.convert('RGBA')
+        out = Image.new('RGB', img.size, (255, 255, 255))
+        out.paste(img, mask=img.getchannel('A'))
+        return out
     return img.convert('RGB')
 
 def _array_to_image(a:np.ndarray) -> Image.Image:
@@ -259,7 +260,9 @@ def read_image(src, # a path, bytes, a PIL image or a numpy array
             raise ImageError(f"{img.width}x{img.height} pixels is over the limit of {MAX_PIXELS:,} (possible decompression bomb)")
         if reduce_to and img.format == 'JPEG': img.draft(None, tuple(reduce_to)) # the decoder scales in the DCT: a fraction of the memory and time
         img.load()
-        return _to_rgb(ImageOps.exif_transpose(img))
+        if src is img: return _to_rgb(ImageOps.exif_transpose(img)) # the caller's image: copies, never changed
+        ImageOps.exif_transpose(img, in_place=True) # ours: turned and converted without a spare copy of the photo
+        return img if img.mode == 'RGB' else _to_rgb(img)
     except ImageError as e: raise ImageError(f"{name}: {e}") from None
     except Image.DecompressionBombError as e: raise ImageError(f"{name}: refused as a possible decompression bomb ({e})") from None
     except Image.UnidentifiedImageError: raise ImageError(f"{name}: not a readable image (not in any image format Pillow knows)") from None
