@@ -36,7 +36,7 @@ from .detect import Detector, detection_records
 from .http_limits import HttpLimits, multipart_parts, read_body, uvicorn_options
 from .inference import Classifier, Verdict, prediction_records
 from .modelfile import verify_model
-from .uploads import ApiError, PixelBudget, detect_upload, reduced_upload, upload_pixels
+from .uploads import ApiError, DecodeBudget, detect_upload, reduced_upload, screen_upload
 
 # %% ../nbs/12_serve.ipynb #e9f41cc5
 class BatchPredictor:
@@ -248,13 +248,14 @@ async def each_upload(request:Request, # a multipart/form-data request
                       work, # (name, bytes) -> record, run in a worker thread
                       limiter=None, # the worker threads' `CapacityLimiter`; default anyio's
                      ) -> list[dict]:
-    "`work` on each uploaded file, one at a time, each holding its pixels in the app's `PixelBudget`, all within the request time limit (else `ApiError` 504)."
+    "`work` on each uploaded file, one at a time, each screened (`screen_upload`) and holding its decoded bytes in the app's `DecodeBudget`, all within the request time limit (else `ApiError` 504)."
     settings, budget = request.app.state.settings, request.app.state.pixel_budget
     results = []
     try:
         with anyio.fail_after(settings.request_timeout): # a thread is not interrupted: the limit acts between files
             for name, data in await read_uploads(request, settings.max_bytes, settings.max_files, settings.read_timeout):
-                async with budget.hold(upload_pixels(data), name):
+                data, size = await anyio.to_thread.run_sync(screen_upload, name, data) # its header read once, off the event loop
+                async with budget.hold(size, name):
                     results.append(await anyio.to_thread.run_sync(work, name, data, limiter=limiter))
                 await anyio.sleep(0) # a checkpoint: a deadline passed during the thread's work takes effect here
     except TimeoutError:
@@ -357,7 +358,7 @@ def create_app(model=None, # model file; default `$GTSR_MODEL` or the shipped mo
                               f"and {max_upload_mb:g} MB per request, and answers {topk} guesses per image unless `?topk=` says otherwise.")
     info, cores = model_info(clf, det), os.cpu_count() or 1
     app.state.classifier, app.state.detector, app.state.info, app.state.settings = clf, det, info, settings
-    app.state.pixel_budget = PixelBudget(int(settings.max_decode_mp * 1e6), settings.queue_timeout)
+    app.state.pixel_budget = DecodeBudget.of_megapixels(settings.max_decode_mp, settings.queue_timeout)
     app.state.detect_slots = anyio.CapacityLimiter(max(1, cores // (threads or cores))) # photos searched at once
     app.include_router(router)
     app.openapi = lambda: openapi_schema(app)
