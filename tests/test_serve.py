@@ -348,6 +348,13 @@ def test_text_chunk_bombs_are_refused_at_once():
         few = ztxt_bomb(3) # three text chunks: not a bomb, read as the sign it is, without inflating them
         assert c.post('/v1/classify', files=[('files', ('few.png', few))]).status_code == 200
 
+def test_a_60_mp_camera_photo_is_answered():
+    "A 60.2 MP camera photo (9504x6336 JPEG) is detected under the default limits, not refused as a decompression bomb (issue 32)."
+    photo = png(Image.new('RGB', (9504, 6336), (90, 120, 150)), 'JPEG')
+    with TestClient(create_app(MODELS/'model.pkl', 'onnx-int8')) as c:
+        r = c.post('/v1/detect', files=[('files', ('camera.jpg', photo))])
+        assert r.status_code == 200 and (r.json()[0]['width'], r.json()[0]['height']) == (9504, 6336), r.text[:500]
+
 def test_decode_budget_counts_bytes_not_pixels():
     "Under a 6 MP budget (24 MB of 8-bit RGB): a 4 MP 8-bit RGB PNG fits, the same 4 MP as 16-bit greyscale (7 bytes a pixel) or with transparency (9) is a 413."
     side = 2000
