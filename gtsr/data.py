@@ -181,13 +181,9 @@ def file_problem(path, # a file the user named
     import errno, stat
     try: st = os.stat(path)
     except FileNotFoundError: return "no such file" if not os.path.islink(path) else "a broken symbolic link (its target does not exist)"
-    except OSError as e:
-        if e.errno == errno.ELOOP: return "a symbolic link loop"
-        if e.errno == errno.EACCES: return "permission denied"
-        return f"cannot be read ({e.strerror})"
-    for test, kind in [(stat.S_ISDIR, 'a folder'), (stat.S_ISFIFO, 'a FIFO (named pipe)'), (stat.S_ISSOCK, 'a socket'),
-                       (stat.S_ISCHR, 'a character device'), (stat.S_ISBLK, 'a block device')]:
-        if test(st.st_mode): return f"{kind}, not a file"
+    except OSError as e: return {errno.ELOOP: "a symbolic link loop", errno.EACCES: "permission denied"}.get(e.errno, f"cannot be read ({e.strerror})")
+    kinds = [(stat.S_ISDIR, 'a folder'), (stat.S_ISFIFO, 'a FIFO (named pipe)'), (stat.S_ISSOCK, 'a socket'), (stat.S_ISCHR, 'a character device'), (stat.S_ISBLK, 'a block device')]
+    if kind := next((k for test, k in kinds if test(st.st_mode)), None): return f"{kind}, not a file"
     if st.st_size == 0: return "empty file (0 bytes)"
     if not os.access(path, os.R_OK): return "permission denied"
     return None
