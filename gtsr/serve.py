@@ -410,6 +410,7 @@ def serve(host:str='127.0.0.1', # interface to listen on
         if v is None: os.environ.pop(_ENV[k], None)
         else: os.environ[_ENV[k]] = str(v)
     print(f"gtsr serve: http://{host}:{port}/docs ({backend}, {workers} worker{'s' * (workers > 1)}; Ctrl-C stops it)", flush=True)
-    signal.signal(signal.SIGTERM, lambda *_: None) # uvicorn stops on SIGTERM, then raises it again: once stopped, exit 0 (as after Ctrl-C)
+    if threading.current_thread() is threading.main_thread(): # uvicorn stops on SIGTERM, then raises it again: once stopped, exit 0 (as after Ctrl-C)
+        signal.signal(signal.SIGTERM, lambda *_: None)
     uvicorn.run('gtsr.serve:app_from_env', factory=True, host=host, port=port, workers=workers, access_log=access_log,
                 log_level='info', timeout_graceful_shutdown=5, **uvicorn_options(limits))
