@@ -224,7 +224,8 @@ def clip_card(name:str, # the uploaded file's name
     __import__('matplotlib.pyplot').pyplot.close(fig)
     seconds = record['frames'] / record['fps']
     header = widgets.HTML(f"<div class='gtsr-clip' style='font-size:16px;margin:4px 0'><b>{len(signs) or 'No'} traffic sign{'s' * (len(signs) != 1)}</b> "
-                          f"passed in {html.escape(name)} ({seconds:.1f} s, {record['width']}x{record['height']})</div>")
+                          f"passed in {html.escape(name)} ({seconds:.1f} s, {record['width']}x{record['height']})</div>"
+                          + (f"<div class='gtsr-warning' style='color:#b45309'>This clip ends early: {html.escape(record['warning'])}.</div>" if 'warning' in record else ''))
     timeline = widgets.Image(value=buf.getvalue(), format='png', layout=widgets.Layout(max_width='100%', height='auto')).add_class('gtsr-timeline')
     return widgets.VBox([header, timeline, *[_clip_sign_row(s, crop) for s, crop in zip(signs, crops)]],
                         layout=widgets.Layout(margin='8px 0', border_bottom='1px solid #ddd', padding='0 0 8px 0'))

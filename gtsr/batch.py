@@ -6,8 +6,9 @@ Docs: https://gtsr.github.io/gtsr/batch.html.md"""
 
 # %% auto #0
 __all__ = ['LIST_SUFFIXES', 'TABLE_SUFFIXES', 'RAY_CLIENT_REFUSAL', 'BatchError', 'import_ray', 'is_url', 'batch_inputs',
-           'result_schema', 'record_row', 'file_record', 'DetectFiles', 'connect_ray', 'detect_dataset', 'done_paths',
-           'write_part', 'batch_tables', 'run_batch', 'benchmark_batch', 'format_batch_benchmark']
+           'result_schema', 'record_row', 'file_record', 'DetectFiles', 'reap_with_driver', 'check_address',
+           'connect_ray', 'detect_dataset', 'done_paths', 'write_part', 'batch_tables', 'run_batch', 'benchmark_batch',
+           'format_batch_benchmark']
 
 # %% ../nbs/10c_batch.ipynb #2e46bed4
 import sys, time, uuid
@@ -144,21 +145,57 @@ class DetectFiles:
         return pa.Table.from_pylist(rows, schema=result_schema())
 
 # %% ../nbs/10c_batch.ipynb #95ae7f2d
+def _unreachable(address:str, # HOST:PORT
+                 timeout:float=10, # seconds to wait for the connection
+                ) -> str|None:
+    "Why nothing accepts a TCP connection at `address` (Ray would retry it for ever), or None."
+    import socket
+    host, _, port = address.rpartition(':')
+    if not host or not port.isdigit(): return "expected HOST:PORT (Ray's GCS port, 6379 unless changed) or 'auto'"
+    try: socket.create_connection((host.strip('[]'), int(port)), timeout=timeout).close()
+    except socket.gaierror as e: return f"unknown host {host} ({e.strerror})"
+    except TimeoutError: return f"no answer in {timeout:g} s"
+    except OSError as e: return f"{e.strerror or e} (is Ray running there? `ray start --head` starts it)"
+    return None
+
 RAY_CLIENT_REFUSAL = ("Ray Data does not run through Ray Client (ray://...): its executor needs a driver inside the cluster. Run gtsr batch on "
                       "the head node with --address auto (ray exec, ray job submit, kubectl exec; see the README)")
+
+_REAPER = '''import os, sys, time, psutil
+driver, seen = psutil.Process(int(sys.argv[1])), {}
+while driver.is_running() and driver.status() != psutil.STATUS_ZOMBIE:
+    seen.update((c.pid, c) for c in driver.children(recursive=True) if c.pid != os.getpid())
+    time.sleep(0.5)
+for c in seen.values():
+    try: c.kill() # psutil refuses a pid that has since become another process
+    except psutil.Error: pass
+'''
+
+def reap_with_driver():
+    "Start a watcher that kills this process's Ray processes (its descendants) once it is gone: a SIGKILLed driver left Ray's agents running for a minute or more."
+    import os, subprocess
+    subprocess.Popen([sys.executable, '-c', _REAPER, str(os.getpid())], start_new_session=True, close_fds=True,
+                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+def check_address(address:str|None, # as `connect_ray` takes it
+                 ):
+    "`BatchError` for an address Ray cannot run at: Ray Client's (ray://) or a HOST:PORT where nothing listens (checked before Ray is imported)."
+    if str(address or '').startswith('ray://'): raise BatchError(RAY_CLIENT_REFUSAL)
+    if address and address != 'auto' and (why := _unreachable(address)): raise BatchError(f"cannot reach a Ray cluster at {address}: {why}")
 
 def connect_ray(address:str|None=None, # 'auto' or 'HOST:PORT' of a running cluster (ray:// is refused: `RAY_CLIENT_REFUSAL`); None: a local Ray for this process
                 num_cpus:int|None=None, # CPUs of a local Ray; default all
                 quiet:bool=False, # do not print where the dashboard is
                ) -> bool:
     "Connect to Ray (or start a local one) unless connected already; print the dashboard's URL; True if this call connected."
-    if str(address or '').startswith('ray://'): raise BatchError(RAY_CLIENT_REFUSAL)
+    check_address(address)
     ray = import_ray()
     if ray.is_initialized(): return False
     import logging
     try: context = ray.init(address=address, num_cpus=None if address else num_cpus, include_dashboard=None if address is None else False,
                             logging_level=logging.WARNING, log_to_driver=False)
     except ConnectionError as e: raise BatchError(f"cannot reach a Ray cluster at {address}: {e}") from None
+    if address is None: reap_with_driver() # the local Ray goes with this process, however it ends
     logging.getLogger('ray.data').setLevel(logging.ERROR) # Ray Data's notes of each run; its errors still show
     ray.data.DataContext.get_current().enable_progress_bars = False # `run_batch` shows one bar of files
     if not quiet:
@@ -228,6 +265,16 @@ def batch_tables(out, # a `run_batch` output folder
     return table, signs
 
 # %% ../nbs/10c_batch.ipynb #0d966be9
+def _unwritable(folder:Path) -> str|None:
+    "Why `folder` (made if missing) cannot take the results, from its nearest existing ancestor; or None."
+    import os
+    here = folder
+    while not here.exists() and here != here.parent: here = here.parent
+    if not here.is_dir(): return f"{here} is a file, not a folder"
+    if os.statvfs(here).f_flag & os.ST_RDONLY: return f"{here} is on a read-only file system"
+    if not os.access(here, os.W_OK | os.X_OK): return f"{here} is not writable (permission denied)"
+    return None
+
 def run_batch(inputs, # files, folders, globs, lists, tables of paths (`batch_inputs`); local paths or URLs
               out, # folder for files.parquet, signs.parquet and the part files (parts/)
               address:str|None=None, # a running Ray cluster: 'auto' or 'HOST:PORT' (`connect_ray`); None: a local Ray for this run
@@ -242,10 +289,12 @@ def run_batch(inputs, # files, folders, globs, lists, tables of paths (`batch_in
               progress:bool=True, # show a progress bar
              ) -> dict:
     "Detect the signs of every input on Ray into `out`/files.parquet and `out`/signs.parquet, skipping files done by an earlier run."
+    if workers is not None and workers < 1: raise BatchError(f"workers must be at least 1 (got {workers})")
+    if why := _unwritable(Path(out)/'parts'): raise BatchError(f"cannot write the results to --out {out}: {why}") # before Ray starts
+    check_address(address) # in a second, before Ray's import (8 s)
+    ray = import_ray()
     import pyarrow as pa, pyarrow.parquet as pq
     from tqdm.auto import tqdm
-    ray = import_ray()
-    if workers is not None and workers < 1: raise BatchError(f"workers must be at least 1 (got {workers})")
     paths, out = batch_inputs(inputs, column, videos), Path(out)
     done = done_paths(out)
     todo = [p for p in paths if p not in done]

@@ -364,7 +364,7 @@ def add_serve(sub):
     s.add_argument('--workers', type=int, default=1, help='worker processes, each with its own copy of the model (default 1)')
     s.add_argument('--max-upload-mb', type=float, default=MAX_UPLOAD_MB, help=f'largest request body accepted, in MB (default {MAX_UPLOAD_MB:g})')
     s.add_argument('--max-files', type=int, default=MAX_FILES, help=f'most files in one request (default {MAX_FILES})')
-    for flag, default, meaning in (('--max-decode-mp', MAX_DECODE_MP, 'most megapixels decoded at once; a larger upload gets 413'), ('--queue-timeout', QUEUE_TIMEOUT, 'most seconds an upload waits to be decoded, then 503'),
+    for flag, default, meaning in (('--max-decode-mp', MAX_DECODE_MP, 'most megapixels of 8-bit RGB decoded at once (16-bit or transparent images count for more); a larger upload gets 413'), ('--queue-timeout', QUEUE_TIMEOUT, 'most seconds an upload waits to be decoded, then 503'),
                                    ('--request-timeout', REQUEST_TIMEOUT, 'most seconds per request, then 504'), ('--read-timeout', READ_TIMEOUT, 'most seconds between two chunks of a body, then 408')):
         s.add_argument(flag, type=float, default=default, help=f'{meaning} (default {default:g})')
     for flag, default, meaning in (('--max-header-kb', MAX_HEADER_KB, 'largest request line and headers, in KB, then 431'),

@@ -7,9 +7,9 @@ Docs: https://gtsr.github.io/gtsr/data.html.md"""
 # %% auto #0
 __all__ = ['CLASS_NAMES', 'N_CLASSES', 'DATA_DIR_VARIABLES', 'COLUMNS', 'IMAGE_SUFFIXES', 'MAX_PIXELS', 'GTSDB_COLUMNS',
            'SCENE_SUFFIXES', 'NOT_A_SIGN', 'default_data_dir', 'file_digest', 'GtsrError', 'DatasetError',
-           'atomic_path', 'track_id', 'load_gtsrb', 'track_split', 'ImageError', 'read_image', 'to_model_array',
-           'default_cache_dir', 'image_cache', 'reference_images', 'gtsdb_folder', 'load_gtsdb', 'gtsdb_scenes',
-           'gtsdb_split', 'background_boxes', 'widened_crop', 'box_crops', 'scene_crops', 'gtsdb_crops']
+           'atomic_path', 'track_id', 'load_gtsrb', 'track_split', 'file_problem', 'ImageError', 'read_image',
+           'to_model_array', 'default_cache_dir', 'image_cache', 'reference_images', 'gtsdb_folder', 'load_gtsdb',
+           'gtsdb_scenes', 'gtsdb_split', 'background_boxes', 'widened_crop', 'box_crops', 'scene_crops', 'gtsdb_crops']
 
 # %% ../nbs/00_data.ipynb #6a6d0160
 import os
@@ -174,10 +174,25 @@ def track_split(df:'pd.DataFrame', # `load_gtsrb` table; only its 'train' rows a
     is_valid = train.track.isin(valid_tracks)
     return train[~is_valid], train[is_valid]
 
+# %% ../nbs/00_data.ipynb #d04c5ba7
+def file_problem(path, # a file the user named
+                ) -> str|None:
+    "Why `path` cannot be read as an input file (no such file, a symlink loop, a folder, a FIFO, a socket, a device, empty, unreadable), or None if it can."
+    import errno, stat
+    try: st = os.stat(path)
+    except FileNotFoundError: return "no such file" if not os.path.islink(path) else "a broken symbolic link (its target does not exist)"
+    except OSError as e: return {errno.ELOOP: "a symbolic link loop", errno.EACCES: "permission denied"}.get(e.errno, f"cannot be read ({e.strerror})")
+    kinds = [(stat.S_ISDIR, 'a folder'), (stat.S_ISFIFO, 'a FIFO (named pipe)'), (stat.S_ISSOCK, 'a socket'), (stat.S_ISCHR, 'a character device'), (stat.S_ISBLK, 'a block device')]
+    if kind := next((k for test, k in kinds if test(st.st_mode)), None): return f"{kind}, not a file"
+    if st.st_size == 0: return "empty file (0 bytes)"
+    if not os.access(path, os.R_OK): return "permission denied"
+    return None
+
+
 # %% ../nbs/00_data.ipynb #35ae88c8
 IMAGE_SUFFIXES = {'.jpg', '.jpeg', '.png', '.ppm', '.pgm', '.webp', '.bmp', '.gif', '.tif', '.tiff'} # what a folder's photos are called
 
-MAX_PIXELS = 60_000_000 # larger images are refused as possible decompression bombs (a 4000x3000 photo has 12M)
+MAX_PIXELS = 120_000_000 # larger images are refused as possible decompression bombs (a 4000x3000 photo has 12M, a 60 MP camera's 9504x6336 60.2M, a 102 MP medium-format one's 11648x8736 101.8M)
 
 class ImageError(GtsrError, ValueError):
     "An input that is not a readable image."
@@ -188,17 +203,24 @@ def _describe(src) -> str:
     if isinstance(src, (bytes, bytearray, memoryview)): return f"<{len(src)} bytes>"
     return f"<{type(src).__name__}>"
 
+def _to_8bit(img:Image.Image, rows:int=256) -> Image.Image:
+    "A 16-bit, 32-bit or float greyscale `img` scaled to 8 bits (L), `rows` at a time in float32: no whole-photo float copy."
+    top = 65535. if img.mode.startswith('I;16') or img.getextrema()[1] > 255 else 255.
+    out = np.empty((img.height, img.width), np.uint8)
+    for y in range(0, img.height, rows):
+        a = np.asarray(img.crop((0, y, img.width, min(img.height, y + rows))), dtype=np.float32)
+        out[y:y + rows] = (np.clip(np.nan_to_num(a) / top, 0, 1) * 255).round()
+    return Image.fromarray(out)
+
 def _to_rgb(img:Image.Image) -> Image.Image:
     "An RGB copy of `img`: transparency over white, 16-bit and float scaled to 8 bits."
-    if img.mode in ('I;16', 'I;16B', 'I;16L', 'I', 'F'):
-        a = np.asarray(img, dtype=np.float64)
-        top = 65535. if img.mode.startswith('I;16') or a.max() > 255 else 255.
-        img = Image.fromarray((np.clip(a / top, 0, 1) * 255).round().astype(np.uint8))
+    if img.mode in ('I;16', 'I;16B', 'I;16L', 'I', 'F'): img = _to_8bit(img)
     if img.mode == 'P' and 'transparency' in img.info: img = img.convert('RGBA')
-    if img.mode in ('RGBA', 'LA', 'PA'):
-        img = img.convert('RGBA')
-        white = Image.new('RGBA', img.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, img).convert('RGB')
+    if img.mode in ('RGBA', 'LA', 'PA'): # pasted on white through its alpha: the same pixels as `alpha_composite`, fewer copies
+        if img.mode != 'RGBA': img = img.convert('RGBA')
+        out = Image.new('RGB', img.size, (255, 255, 255))
+        out.paste(img, mask=img.getchannel('A'))
+        return out
     return img.convert('RGB')
 
 def _array_to_image(a:np.ndarray) -> Image.Image:
@@ -225,17 +247,18 @@ def read_image(src, # a path, bytes, a PIL image or a numpy array
                 fp = io.BytesIO(bytes(src))
             else:
                 p = Path(src)
-                if not p.is_file(): raise ImageError("no such file")
-                if p.stat().st_size == 0: raise ImageError("empty file (0 bytes)")
+                if problem := file_problem(p): raise ImageError(problem)
                 fp = p
             with warnings.catch_warnings():
-                warnings.simplefilter('error', Image.DecompressionBombWarning)
+                warnings.simplefilter('ignore', Image.DecompressionBombWarning) # MAX_PIXELS below is the limit
                 img = Image.open(fp)
         if img.width * img.height > MAX_PIXELS:
             raise ImageError(f"{img.width}x{img.height} pixels is over the limit of {MAX_PIXELS:,} (possible decompression bomb)")
         if reduce_to and img.format == 'JPEG': img.draft(None, tuple(reduce_to)) # the decoder scales in the DCT: a fraction of the memory and time
         img.load()
-        return _to_rgb(ImageOps.exif_transpose(img))
+        if src is img: return _to_rgb(ImageOps.exif_transpose(img)) # the caller's image: copies, never changed
+        ImageOps.exif_transpose(img, in_place=True) # ours: turned and converted without a spare copy of the photo
+        return img if img.mode == 'RGB' else _to_rgb(img)
     except ImageError as e: raise ImageError(f"{name}: {e}") from None
     except Image.DecompressionBombError as e: raise ImageError(f"{name}: refused as a possible decompression bomb ({e})") from None
     except Image.UnidentifiedImageError: raise ImageError(f"{name}: not a readable image (not in any image format Pillow knows)") from None

@@ -168,7 +168,8 @@ class Detector:
         if 'verifier' not in entry: raise ModelError(f"{path.name}'s manifest entry names no verifier; retrain it with `gtsr train-detector`.")
         verifier = path.with_name(entry['verifier'])
         verify_model(verifier)
-        return cls(onnx_session(path, threads), onnx_session(verifier, threads), classifier or Classifier.load(model, backend, threads=threads), path,
+        sessions = [onnx_session(p, threads, arena=False) for p in (path, verifier)] # photos of every size: memory given back after each
+        return cls(*sessions, classifier or Classifier.load(model, backend, threads=threads), path,
                    entry.get('min_score', DEFAULT_MIN_SCORE), zooms=entry.get('zooms', (1.0,)))
 
     def candidates(self, img:Image.Image, # an RGB photo

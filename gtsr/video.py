@@ -19,8 +19,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 from .data import CLASS_NAMES, atomic_path, widened_crop
 from .detect import CROP_MARGIN, Detector, SignDetection, _font, box_iou
-from .video_io import (VIDEO_SUFFIXES, THUMBNAIL, Frame, VideoError, VideoWriter, exact_rate, read_video_info, # reading and writing
-                           video_frames, write_frames) # video (`gtsr.video_io`), also importable from here
+from .video_io import (VIDEO_SUFFIXES, THUMBNAIL, Frame, VideoError, VideoWriter, exact_rate, missing_frames, # reading and writing
+                           read_video_info, video_frames, write_frames) # video (`gtsr.video_io`), also importable from here
 
 # %% ../nbs/10_video.ipynb #53c42db6
 class Sighting(NamedTuple):
@@ -208,9 +208,10 @@ def video_record(path, # a video file
                  detector:Detector, # the detector
                  progress:bool=True, # a progress bar for videos longer than `PROGRESS_SECONDS`
                  on_frame=None, # called with each `TrackedFrame` (e.g. to draw it)
+                 strict:bool=False, # a video that ends before the frames its header lists is an error, not a `warning`
                  **kwargs, # `track_frames` options
                 ) -> dict:
-    "`{path, fps, frames, width, height, signs}` for the video at `path`, or `{path, error}` if it cannot be read."
+    "`{path, fps, frames, header_frames, width, height, signs}` (and a `warning` if the file ends early: `missing_frames`) for the video at `path`, or `{path, error}` if it cannot be read."
     from tqdm.auto import tqdm
     try:
         info = read_video_info(path)
@@ -222,9 +223,11 @@ def video_record(path, # a video file
                 n += 1; bar.update()
                 if on_frame: on_frame(tf)
         if n == 0: raise VideoError(f"{path}: no frames")
+        if (short := missing_frames(n, info.frames)) and strict: raise VideoError(f"{path}: {short} (--strict)")
     except VideoError as e: return {'path': str(path), 'error': str(e)}
     records = sorted((s.record() for s in signs), key=lambda r: (r['first_frame'], r['track_id']))
-    return dict(path=str(path), fps=round(info.fps, 3), frames=n, width=info.width, height=info.height, signs=records)
+    return dict(path=str(path), fps=round(info.fps, 3), frames=n, header_frames=info.frames, width=info.width, height=info.height,
+                signs=records, **({'warning': short} if short else {}))
 
 # %% ../nbs/10_video.ipynb #56871b77
 SPEED_LIMITS = {0: 20, 1: 30, 2: 50, 3: 60, 4: 70, 5: 80, 7: 100, 8: 120} # class -> the limit it sets (km/h)

@@ -10,7 +10,7 @@ __all__ = ['SIGN_COLUMNS', 'positive_int', 'format_video_records', 'add_video', 
 # %% ../nbs/13c_video_commands.ipynb #4acfb351
 import sys
 from pathlib import Path
-from .commands import command, expand_inputs
+from .commands import command, expand_inputs, one_line
 from .detect_commands import add_detector_options
 from .video import VIDEO_SUFFIXES
 
@@ -43,8 +43,8 @@ def format_video_records(records:list[dict], # `video_record`s
     lines = []
     for r in records:
         if 'error' in r: lines.append(f"{r['path']}: ERROR: {r['error']}"); continue
-        n = len(r['signs'])
-        lines.append(f"{r['path']} ({r['width']}x{r['height']}, {r['fps']:g} fps, {r['frames']} frames): " + (f"{n} sign{'s' * (n != 1)}" if n else 'no traffic sign found'))
+        n, read = len(r['signs']), f"{r['frames']} of {r['header_frames']}" if 'warning' in r else r['frames'] # a video that ends early says so
+        lines.append(f"{r['path']} ({r['width']}x{r['height']}, {r['fps']:g} fps, {read} frames): " + (f"{n} sign{'s' * (n != 1)}" if n else 'no traffic sign found'))
         lines += [f"  #{s['track_id']} {s['name']} ({format_probability(s['probability'])}), {s['first_s']:.2f}-{s['last_s']:.2f} s, "
                   f"largest in frame {s['frame']} at {s['box']}" for s in r['signs']]
     return '\n'.join(lines)
@@ -56,7 +56,9 @@ def _video(args):
     detector = Detector.load(args.detector, args.model, args.backend)
     records = []
     for path in expand_inputs(args.paths, VIDEO_SUFFIXES):
-        records.append(write_video_outputs(path, detector, args.out, stride=args.stride) if args.out else video_record(path, detector, stride=args.stride))
+        records.append(write_video_outputs(path, detector, args.out, stride=args.stride, strict=args.strict) if args.out
+                       else video_record(path, detector, stride=args.stride, strict=args.strict))
+        if 'warning' in records[-1]: print(one_line(f"warning: {records[-1]['path']}: {records[-1]['warning']} (--strict makes it an error)"), file=sys.stderr)
     print(format_video_records(records, 'json' if args.json else 'csv' if args.csv else 'text'))
     if args.out: print(f"wrote the annotated videos, timelines and sign lists to {args.out}", file=sys.stderr)
     failed = sum('error' in r for r in records)
@@ -73,6 +75,7 @@ def add_video(sub):
     fmt.add_argument('--csv', action='store_true', help='CSV output: one row per sign')
     v.add_argument('--out', type=Path, default=None, help='folder for NAME.annotated.mp4, NAME.timeline.png and NAME.signs.json')
     v.add_argument('--stride', type=positive_int, default=None, help='the detector reads every N-th frame (default: about 3 frames a second)')
+    v.add_argument('--strict', action='store_true', help='a video that ends before the frames its header lists (truncated) is an error, not a warning')
     add_detector_options(v)
     v.set_defaults(run=_video)
 

@@ -6,7 +6,7 @@ Docs: https://gtsr.github.io/gtsr/video_io.html.md"""
 
 # %% auto #0
 __all__ = ['MAX_VIDEO_PIXELS', 'VIDEO_SUFFIXES', 'THUMBNAIL', 'VideoError', 'VideoInfo', 'read_video_info', 'Frame',
-           'video_frames', 'exact_rate', 'VideoWriter', 'write_frames']
+           'video_frames', 'exact_rate', 'VideoWriter', 'write_frames', 'missing_frames']
 
 # %% ../nbs/09h_video_io.ipynb #21901548
 from collections.abc import Iterable, Iterator
@@ -14,7 +14,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import NamedTuple
 import numpy as np
-from .data import GtsrError, atomic_path
+from .data import GtsrError, atomic_path, file_problem
 
 # %% ../nbs/09h_video_io.ipynb #d6859b1b
 MAX_VIDEO_PIXELS = 8192 * 4352 # larger frames are refused (8K is the largest any camera records; a 4K frame has 8.3M pixels)
@@ -39,8 +39,7 @@ def _open(path) -> tuple:
     "(container, video stream) of the file at `path`, or a `VideoError` that says why not."
     import av
     p = Path(path)
-    if not p.is_file(): raise VideoError(f"{p}: no such file")
-    if p.stat().st_size == 0: raise VideoError(f"{p}: empty file (0 bytes)")
+    if problem := file_problem(p): raise VideoError(f"{p}: {problem}")
     try: container = av.open(str(p))
     except av.FFmpegError as e: raise VideoError(f"{p}: not a readable video (truncated, corrupt or not a video: {e.strerror or e})") from None
     fmt = container.format.name
@@ -184,3 +183,12 @@ def write_frames(path, # the .mp4 (or .mkv, .mov) to write
     with VideoWriter(path, fps, rotation, crf) as w:
         for a in frames: w.write(a)
     return Path(path)
+
+# %% ../nbs/09h_video_io.ipynb #52936ddc
+def missing_frames(read:int, # frames decoded
+                   listed:int, # frames the header lists (`VideoInfo.frames`; 0 when it does not say)
+                  ) -> str|None:
+    "A one-line warning when far fewer frames were read than the header lists (a truncated or damaged file), else None."
+    if not listed or read >= listed - max(1, listed // 100): return None
+    return f"only {read:,} of the {listed:,} frames its header lists could be read ({read / listed:.0%}): the file is truncated or damaged"
+

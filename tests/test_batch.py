@@ -149,3 +149,51 @@ def test_a_run_killed_half_way_resumes_on_a_cluster(archive, cluster, local_run,
     assert key(signs) == key(full_signs)
     again = run_gtsr(*args, env=CLUSTER_ENV, timeout=120) # everything done: Ray is not even reached
     assert f"({0} read now, {len(files)} done before)" in again.stdout, again.stdout
+
+def test_dead_address_and_unwritable_out_fail_fast_before_ray(tmp_path):
+    "`--address` where no Ray listens: a one-line error well within 30 s (Ray retried for ever); an `--out` that cannot be written: refused before Ray starts. No traceback, no Ray."
+    from PIL import Image
+    photo = tmp_path/'a.png'; Image.new('RGB', (64, 48), 'red').save(photo)
+    dead = f'127.0.0.1:{_free_port()}' # nothing listens there
+    start = time.monotonic()
+    r = run_gtsr('batch', photo, '--out', tmp_path/'out', '--address', dead, '--quiet', timeout=60)
+    took = time.monotonic() - start
+    print(f"dead address refused in {took:.1f} s: {r.stderr.strip().splitlines()[-1]}")
+    assert r.returncode == 1 and took < 30, (took, r.stderr[-2000:])
+    assert r.stderr.strip().splitlines()[-1].startswith(f"gtsr batch: error: cannot reach a Ray cluster at {dead}: Connection refused"), r.stderr
+    assert 'Traceback' not in r.stderr and 'GCS' not in r.stderr and not (tmp_path/'out').exists()
+    (tmp_path/'a-file').write_text('not a folder')
+    r = run_gtsr('batch', photo, '--out', tmp_path/'a-file'/'out', '--quiet', timeout=60) # a local Ray would start here
+    assert r.returncode == 1 and r.stderr.strip().splitlines()[-1] == \
+        f"gtsr batch: error: cannot write the results to --out {tmp_path/'a-file'/'out'}: {tmp_path/'a-file'} is a file, not a folder", r.stderr
+    assert 'Ray dashboard' not in r.stderr and 'Traceback' not in r.stderr
+
+def test_a_killed_driver_takes_its_local_ray_along(tmp_path):
+    "SIGKILL `gtsr batch` (a local Ray) once it writes results: every process of its Ray is gone within 10 s (they stayed a minute or more)."
+    import psutil
+    from PIL import Image
+    for i in range(40): Image.new('RGB', (1360, 800), (i * 5, 90, 90)).save(tmp_path/f'{i}.jpg')
+    out = tmp_path/'out'
+    proc = subprocess.Popen([sys.executable, '-m', 'gtsr.cli', 'batch', str(tmp_path), '--out', str(out), '--workers', '1', '--batch-size', '1',
+                             '--flush-seconds', '0.5', '--quiet'], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    driver, ray = psutil.Process(proc.pid), []
+    try:
+        deadline = time.monotonic() + 150
+        while not (out/'parts').is_dir() or not any((out/'parts').iterdir()):
+            assert proc.poll() is None, proc.communicate()[1][-2000:]
+            assert time.monotonic() < deadline, 'no part file in 150 s'
+            time.sleep(0.2)
+        ray = [p for p in driver.children(recursive=True) if 'python' not in p.name() or 'ray' in ' '.join(p.cmdline())]
+        assert any(p.name() == 'raylet' for p in ray), [p.name() for p in ray]
+        os.kill(proc.pid, signal.SIGKILL); proc.wait(10); killed = time.monotonic()
+        def alive(p):
+            try: return p.status() != psutil.STATUS_ZOMBIE
+            except psutil.NoSuchProcess: return False
+        while any(map(alive, ray)) and time.monotonic() - killed < 10: time.sleep(0.2)
+        left = [p.name() for p in ray if alive(p)]
+        print(f"{len(ray)} Ray processes; {len(left)} left {time.monotonic() - killed:.1f} s after the driver's SIGKILL: {left}")
+        assert not left
+    finally:
+        for p in ray + [driver]:
+            try: p.kill()
+            except psutil.Error: pass

@@ -1,7 +1,7 @@
 """The HTTP API (`gtsr serve`) on the shipped INT8 model and detector: each endpoint, each refusal, docs that need no
 CDN, Prometheus metrics, a schema fuzz run against the live OpenAPI schema, bounded load tests on loopback with steady
 memory, and uploads that never touch the disk."""
-import asyncio, contextlib, io, json, re, socket, tempfile, time
+import asyncio, contextlib, io, json, re, socket, struct, tempfile, time, zlib
 from collections import Counter
 from pathlib import Path
 import httpx
@@ -181,6 +181,8 @@ def test_no_file_is_422(api):
 
 def test_malformed_multipart_is_400(api):
     assert_refused(api.post('/v1/classify', content=b'hello', headers={'content-type': 'multipart/form-data'}), 400, 'boundary')
+    cut = b'--xyz\r\nContent-Disposition: form-data; name="files"; filename="a.png"\r\n\r\n' + STOP # no closing boundary
+    assert_refused(api.post('/v1/classify', content=cut, headers={'content-type': 'multipart/form-data; boundary=xyz'}), 400, 'ends before its closing boundary')
 
 def test_bad_topk_is_422(api):
     for q in ('topk=0', 'topk=44', 'topk=two'):
@@ -325,6 +327,45 @@ def test_file_over_the_decode_cap_alone_is_413_naming_it():
     with TestClient(create_app(MODELS/'model.pkl', 'onnx-int8', max_decode_mp=50)) as c:
         assert_refused(c.post('/v1/detect', files=[('files', ('big.png', FLAT_BIG))]), 413, 'big.png', 'max-decode-mp')
 
+def _chunk(kind:bytes, data:bytes) -> bytes: return struct.pack('>I', len(data)) + kind + data + struct.pack('>I', zlib.crc32(kind + data))
+
+def ztxt_bomb(n:int=65) -> bytes:
+    "A ~69 KB PNG with `n` zTXt chunks of 1 KB that each inflate to 1 MB: Pillow took 0.36 s to open it (issue 32)."
+    small = png(Image.new('RGB', (64, 48), (200, 30, 30)))
+    return small[:33] + _chunk(b'zTXt', b'Comment\x00\x00' + zlib.compress(b' ' * (1 << 20), 9)) * n + small[33:]
+
+def test_text_chunk_bombs_are_refused_at_once():
+    "A 2 MB request of 32 zTXt-bomb PNGs is refused (422 naming the first) within 5 s; a PNG with a few text chunks is read as usual."
+    bomb = ztxt_bomb()
+    files = [('files', (f'bomb{i}.png', bomb)) for i in range(32)]
+    with TestClient(create_app(MODELS/'model.pkl', 'onnx-int8')) as c:
+        start = time.time()
+        r = c.post('/v1/classify', files=files)
+        took = time.time() - start
+        print(f"32 zTXt bombs ({sum(len(f[1][1]) for f in files) / 1e6:.1f} MB) refused in {took:.3f} s")
+        assert_refused(r, 422, 'bomb0.png', 'text-chunk bomb', 'over 64 ancillary chunks')
+        assert took < 5
+        few = ztxt_bomb(3) # three text chunks: not a bomb, read as the sign it is, without inflating them
+        assert c.post('/v1/classify', files=[('files', ('few.png', few))]).status_code == 200
+
+def test_a_60_mp_camera_photo_is_answered():
+    "A 60.2 MP camera photo (9504x6336 JPEG) is detected under the default limits, not refused as a decompression bomb (issue 32)."
+    photo = png(Image.new('RGB', (9504, 6336), (90, 120, 150)), 'JPEG')
+    with TestClient(create_app(MODELS/'model.pkl', 'onnx-int8')) as c:
+        r = c.post('/v1/detect', files=[('files', ('camera.jpg', photo))])
+        assert r.status_code == 200 and (r.json()[0]['width'], r.json()[0]['height']) == (9504, 6336), r.text[:500]
+
+def test_decode_budget_counts_bytes_not_pixels():
+    "Under a 6 MP budget (24 MB of 8-bit RGB): a 4 MP 8-bit RGB PNG fits, the same 4 MP as 16-bit greyscale (7 bytes a pixel) or with transparency (9) is a 413."
+    side = 2000
+    rgb = png(Image.new('RGB', (side, side), (90, 120, 150)))
+    deep = png(Image.fromarray(np.full((side, side), 30000, np.uint16)))
+    clear = png(Image.new('RGBA', (side, side), (90, 120, 150, 128)))
+    with TestClient(create_app(MODELS/'model.pkl', 'onnx-int8', max_decode_mp=6)) as c:
+        assert c.post('/v1/classify', files=[('files', ('rgb.png', rgb))]).status_code == 200
+        assert_refused(c.post('/v1/classify', files=[('files', ('deep.png', deep))]), 413, 'deep.png', '28 MB', 'max-decode-mp')
+        assert_refused(c.post('/v1/classify', files=[('files', ('clear.png', clear))]), 413, 'clear.png', '36 MB')
+
 @pytest.fixture(scope='module')
 def bounded():
     "`gtsr serve` on loopback with short queue and read time limits; yields (url, port, process)."
@@ -356,6 +397,23 @@ def test_burst_of_large_pngs_keeps_memory_bounded(bounded):
     assert statuses[200] >= 1
     assert peak[0] <= 2 * 2**30, f"peak RSS {peak[0] / 2**20:.0f} MB"
     assert after - idle <= 100 * 2**20, f"RSS {after / 2**20:.0f} MB after vs {idle / 2**20:.0f} MB idle"
+
+def test_detect_gives_memory_back_after_many_photo_sizes(bounded):
+    "Detects of 20 photo sizes (640x376 to 3840x2256, one at a time): the server's RSS ends within 150 MB of idle (onnxruntime's arena kept 218 MB more)."
+    url, _, proc = bounded
+    server = psutil.Process(proc.pid)
+    scene = Image.open(io.BytesIO(drawn_scene((1360, 800))))
+    small = png(scene.resize((640, 376)), 'JPEG')
+    assert httpx.post(f'{url}/v1/detect', files=[('files', ('warm.jpg', small))], timeout=60).status_code == 200
+    time.sleep(0.5); idle = server.memory_info().rss
+    start = time.time()
+    for k in np.linspace(1, 6, 20):
+        photo = png(scene.resize((int(640 * k), int(376 * k))))
+        r = httpx.post(f'{url}/v1/detect', files=[('files', ('photo.png', photo))], timeout=120)
+        assert r.status_code == 200, r.text[:300]
+    time.sleep(1); after = server.memory_info().rss
+    print(f"20 photo sizes detected in {time.time() - start:.1f} s: server RSS idle {idle / 2**20:.0f} MB, after {after / 2**20:.0f} MB")
+    assert after - idle <= 150 * 2**20, f"RSS {after / 2**20:.0f} MB after vs {idle / 2**20:.0f} MB idle"
 
 def _half_sent(port:int, close:bool) -> bytes:
     "Send headers declaring 2,000 bytes and only 1,000 of them; then hang up (`close`) or wait for the server's answer (or close)."

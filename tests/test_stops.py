@@ -66,3 +66,23 @@ def test_serve_answers_in_flight_requests_then_exits(tmp_path):
         assert proc.returncode is not None and not listening(port) and took < 10, (tmp_path/'serve.log').read_text()[-3000:]
     finally:
         if proc.poll() is None: proc.kill()
+
+@pytest.mark.parametrize('sig', [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
+def test_idle_serve_stops_at_once_with_exit_0(tmp_path, sig):
+    "An idle `gtsr serve`, a keep-alive client connected, stops within 2 s of SIGTERM or SIGINT (no graceful wait for nothing) and exits 0 either way."
+    import httpx
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, '-m', 'gtsr.cli', 'serve', '--port', str(port)], cwd=ROOT,
+                            stdout=open(tmp_path/'serve.log', 'w'), stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and not listening(port): time.sleep(0.2)
+        with httpx.Client() as client: # a keep-alive connection left open
+            assert client.get(f'http://127.0.0.1:{port}/health').status_code == 200
+            proc.send_signal(sig); sent = time.time()
+            rc = proc.wait(10)
+        took = time.time() - sent
+        print(f"{sig.name}: idle server gone {took:.2f} s after the signal, exit {rc}")
+        assert rc == 0 and took < 2, (rc, took, (tmp_path/'serve.log').read_text()[-2000:])
+    finally:
+        if proc.poll() is None: proc.kill()

@@ -93,6 +93,11 @@ def test_bad_inputs_get_one_line_errors_and_the_rest_is_read(tmp_path):
     half = records['half.mp4']
     assert 'error' not in half and 0 < half['frames'] < 30 and (half['width'], half['height'], half['fps']) == (64, 64, 25)
     assert half['frames'] == sum(1 for _ in video_frames(tmp_path/'half.mp4'))
+    assert half['header_frames'] == 30 and f"only {half['frames']} of the 30 frames its header lists" in half['warning'], half
+    assert f"warning: {tmp_path/'half.mp4'}: only {half['frames']} of the 30 frames" in r.stderr, r.stderr[-2000:] # said, not silent
+    r = run_gtsr('video', '--strict', tmp_path/'whole.mp4', tmp_path/'half.mp4', timeout=300) # --strict: an error, exit 2
+    assert r.returncode == 2 and f"half.mp4: ERROR: {tmp_path/'half.mp4'}: only {half['frames']} of the 30 frames" in r.stdout, r.stdout + r.stderr[-2000:]
+    assert 'whole.mp4 (64x64, 25 fps, 30 frames)' in r.stdout and 'warning' not in r.stderr # a whole video: no word
     r = run_gtsr('video', tmp_path/'notes.txt', timeout=120) # the plain listing says it on one line too
     assert r.returncode == 2 and 'not a readable video' in r.stdout + r.stderr and 'Traceback' not in r.stderr
 
@@ -118,7 +123,7 @@ def test_video_json_csv_and_out_on_a_real_drive(drive, tmp_path):
     r = run_gtsr('video', '--json', drive, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     [rec] = json.loads(r.stdout)
-    assert list(rec) == ['path', 'fps', 'frames', 'width', 'height', 'signs'] and (rec['fps'], rec['frames'], rec['width'], rec['height']) == (25, len(truth), 1280, 720)
+    assert list(rec) == ['path', 'fps', 'frames', 'header_frames', 'width', 'height', 'signs'] and (rec['fps'], rec['frames'], rec['width'], rec['height']) == (25, len(truth), 1280, 720)
     keys = ['track_id', 'class_id', 'name', 'probability', 'first_frame', 'last_frame', 'first_s', 'last_s', 'frame', 'box']
     assert rec['signs'] and all(list(s) == keys for s in rec['signs'])
     classes = {c for frame in truth for _, c, _ in frame}
