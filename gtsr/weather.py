@@ -205,7 +205,7 @@ def random_sign_spoil(sign:np.ndarray, # h x w x 3 uint8 sign crop
         if legibility(sign, out) >= min_legibility: return out
     return sign
 
-# %% ../nbs/05b_weather.ipynb #9f543589
+# %% ../nbs/05b_weather.ipynb #8742d547
 def spoiled_copies(signs:np.ndarray, # N x h x w x 3 uint8 sign crops (e.g. GTSRB's 32 px training images)
                    seed:int=0, # the same seed, the same copies
                   ) -> np.ndarray:
