@@ -21,6 +21,7 @@ from .data import DatasetError, ImageError, default_data_dir, load_gtsrb, read_i
 from .inference import Classifier, Prediction, format_probability, gradcam_overlay, prediction_records
 from .detect import CROP_MARGIN, Detector, SignDetection, default_detector_path, draw_detections
 from .video import VIDEO_SUFFIXES
+from .timeline import timeline_html
 from .modelfile import ModelError, backend_file, default_model_path, verify_model
 
 # %% ../nbs/11_app.ipynb #3f619798
@@ -71,6 +72,11 @@ def _png(img:Image.Image, side:int=160, fmt:str='PNG') -> bytes:
     img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), resample, reducing_gap=2.0).save(buf, fmt)
     return buf.getvalue()
 
+def _thumb(img:Image.Image, side:int=96) -> widgets.Image:
+    "`img` fitted into a `side` px square, so that every crop on a card takes the same room whatever its shape."
+    return widgets.Image(value=_png(img, side), format='png', layout=widgets.Layout(width=f'{side}px', height=f'{side}px', object_fit='contain',
+                                                                                    flex='0 0 auto', margin='0 4px 0 0')).add_class('gtsr-thumb')
+
 def top5_chart(predictions) -> str:
     "An HTML horizontal bar chart of the predictions, names beside their bars; guesses under 1% (after the first) are left out."
     rows = ''.join(
@@ -112,33 +118,40 @@ def drawn_photo(image:Image.Image, # the photo
     return widgets.Image(value=buf.getvalue(), format='jpeg', layout=widgets.Layout(width=f'{image.width}px', max_width='100%', height='auto',
                                                                                     align_self='flex-start')).add_class('gtsr-photo')
 
+def _scene_sign_card(k:int, d:SignDetection, image:Image.Image, references:dict|None, explainer:Classifier|None) -> widgets.Widget:
+    "Sign `k` of a road photo: its number and name first, then its crop, reference picture (and Grad-CAM) beside its top-5."
+    crop = widened_crop(image, d.box, CROP_MARGIN)
+    pictures = [_thumb(crop, 80)]
+    ref = (references or {}).get(d.class_id)
+    if ref: pictures.append(_thumb(read_image(ref), 80))
+    if explainer is not None:
+        pictures.append(widgets.VBox([_thumb(gradcam_overlay(explainer, crop, d.class_id), 80),
+                                      widgets.HTML('<small>where the model looked</small>')]))
+    answer = (f"<div class='gtsr-prediction gtsr-sign' style='border-left:5px solid {VERDICT_COLOURS['sign']};padding:2px 8px;margin-bottom:4px;"
+              f"font-size:16px'><span class='gtsr-tag' style='background:#ffd400;border:1px solid #000;padding:0 6px;margin-right:6px;"
+              f"font-weight:bold'>{k}</span><b>{html.escape(d.name)}</b> ({format_probability(d.probability)})</div>")
+    details = widgets.HBox([*pictures, widgets.HTML(top5_chart(d.predictions), layout=widgets.Layout(min_width='0', flex='1 1 240px'))],
+                           layout=widgets.Layout(flex_flow='row wrap', align_items='flex-start'))
+    return widgets.VBox([widgets.HTML(answer), details], layout=widgets.Layout(margin='0 0 10px 0')).add_class('gtsr-sign-card')
+
 def scene_card(name:str, # the uploaded file's name
                image:Image.Image, # the photo
                detections:list[SignDetection], # the signs `Detector.detect` found in it
                references:dict|None=None, # class id -> reference picture path
                explainer:Classifier|None=None, # a fastai-backend classifier: adds each sign's Grad-CAM overlay
               ) -> widgets.Widget:
-    "The photo with its signs boxed and numbered, then one card per sign: its number, crop, reference picture, name, probability and top-5."
+    "The photo with its signs boxed and numbered left to right, and beside it (below it on a narrow screen) one card per sign: its number, name, probability, crop, reference picture and top-5."
+    detections = sorted(detections, key=lambda d: (d.box[0] + d.box[2], d.box[1])) # numbered as a reader scans the photo
     n = len(detections)
     note = ("<div class='gtsr-gradcam-note' style='font-size:13px;color:#555'>Grad-CAM explains how one sign was named, so it is shown for "
-            "each sign's crop below, not for the whole photo.</div>" if explainer is not None else '')
+            "each sign's crop, not for the whole photo.</div>" if explainer is not None else '')
     header = widgets.HTML(f"<div class='gtsr-scene' style='font-size:16px;margin:4px 0'><b>{n} traffic sign{'s' * (n != 1)}</b> found in "
                           f"{html.escape(name)}</div>{note}")
-    rows = []
-    for k, d in enumerate(detections, 1):
-        crop = widened_crop(image, d.box, CROP_MARGIN)
-        pictures = [widgets.Image(value=_png(crop, 96), format='png')]
-        ref = (references or {}).get(d.class_id)
-        if ref: pictures.append(widgets.Image(value=_png(read_image(ref), 96), format='png'))
-        if explainer is not None:
-            pictures.append(widgets.VBox([widgets.Image(value=_png(gradcam_overlay(explainer, crop, d.class_id), 96), format='png'),
-                                          widgets.HTML('<small>where the model looked</small>')]))
-        answer = (f"<div class='gtsr-prediction gtsr-sign' style='border-left:5px solid {VERDICT_COLOURS['sign']};padding:2px 8px;margin-bottom:4px;"
-                  f"font-size:16px'><span class='gtsr-tag' style='background:#ffd400;border:1px solid #000;padding:0 6px;margin-right:6px;"
-                  f"font-weight:bold'>{k}</span><b>{html.escape(d.name)}</b> ({format_probability(d.probability)})</div>")
-        rows.append(widgets.HBox([*pictures, widgets.HTML(answer + top5_chart(d.predictions), layout=widgets.Layout(min_width='260px', flex='1 1 320px'))],
-                                 layout=widgets.Layout(flex_flow='row wrap', align_items='flex-start', margin='4px 0')).add_class('gtsr-sign-card'))
-    return widgets.VBox([header, drawn_photo(image, detections), *rows],
+    photo = widgets.Box([drawn_photo(image, detections)], layout=widgets.Layout(flex='1 1 560px', min_width='0', max_width=f'{min(image.width, SCENE_WIDTH)}px',
+                                                                                margin='0 12px 8px 0'))
+    signs = widgets.VBox([_scene_sign_card(k, d, image, references, explainer) for k, d in enumerate(detections, 1)],
+                         layout=widgets.Layout(flex='1 1 340px', min_width='0', max_width='480px')).add_class('gtsr-sign-list')
+    return widgets.VBox([header, widgets.HBox([photo, signs], layout=widgets.Layout(flex_flow='row wrap', align_items='flex-start'))],
                         layout=widgets.Layout(margin='8px 0', border_bottom='1px solid #ddd', padding='0 0 8px 0'))
 
 def classify_upload(name:str, # the uploaded file's name
@@ -183,13 +196,13 @@ def classify_upload(name:str, # the uploaded file's name
 MAX_CLIP_MB = 50 # the largest clip the page reads; longer footage: `gtsr video`
 MAX_CLIP_SECONDS = 60 # the longest (the detector reads it in about real time on 2 cores)
 
-def _clip_sign_row(s:dict, crop:Image.Image|None) -> widgets.Widget:
-    "One sign of a clip: its best frame's crop, number (the timeline's), name, probability and when it was in view."
+def _clip_sign_row(s:dict, crop:Image.Image|None, fps:float) -> widgets.Widget:
+    "One sign of a clip: its best view's crop, number (the timeline's), name, probability, and when it was in view and best seen, in seconds."
     text = (f"<div class='gtsr-prediction gtsr-sign' style='border-left:5px solid {VERDICT_COLOURS['sign']};padding:2px 8px;font-size:16px'>"
             f"<span class='gtsr-tag' style='background:#ffd400;border:1px solid #000;padding:0 6px;margin-right:6px;font-weight:bold'>"
             f"#{s['track_id']}</span><b>{html.escape(s['name'])}</b> ({format_probability(s['probability'])})<br>"
-            f"<small>in view {s['first_s']:.1f}-{s['last_s']:.1f} s; best frame {s['frame']}</small></div>")
-    pictures = [widgets.Image(value=_png(crop, 96), format='png')] if crop is not None else []
+            f"<small>in view {s['first_s']:.1f}-{s['last_s']:.1f} s; best seen at {s['frame'] / fps:.1f} s</small></div>")
+    pictures = [_thumb(crop, 96)] if crop is not None else []
     return widgets.HBox([*pictures, widgets.HTML(text)], layout=widgets.Layout(align_items='center', margin='4px 0')).add_class('gtsr-sign-card')
 
 def clip_card(name:str, # the uploaded file's name
@@ -197,14 +210,14 @@ def clip_card(name:str, # the uploaded file's name
               detector:Detector|None, # the detector
               progress:widgets.FloatProgress|None=None, # moved from 0 to 1 as the clip is read
              ) -> widgets.Widget:
-    "A clip's timeline (`timeline_figure`) and one card per sign it passes, with a crop of its best frame (`sign_crops`); or an error card."
+    "A clip's timeline (`timeline_html`) and one card per sign it passes, with a crop of its best view (`sign_crops`); or an error card."
     size = memoryview(content).nbytes
     if size > MAX_CLIP_MB * 2**20:
         return error_card(name, f"this clip is {size / 2**20:.0f} MB, and the page reads clips up to {MAX_CLIP_MB} MB; `gtsr video` reads any length")
     if detector is None: return error_card(name, 'reading a clip needs the detector, and there is no detector file')
     try:
         import av, trackers # noqa: F401 -- the video extra; trackers loads OpenCV, which needs libGL
-        from gtsr.video import VideoError, read_video_info, sign_crops, timeline_figure, video_record
+        from gtsr.video import VideoError, read_video_info, sign_crops, video_record
     except ImportError as e: return error_card(name, missing_extra(e) or f'the video extra cannot be loaded ({e})')
     def seen(tf): # each frame as it is read
         if tf.frame.seconds > MAX_CLIP_SECONDS:
@@ -219,14 +232,10 @@ def clip_card(name:str, # the uploaded file's name
         crops = sign_crops(path, record) if 'error' not in record else []
     if 'error' in record: return error_card(name, 'could not read this clip: ' + record['error'].split(': ', 1)[-1])
     record['path'], signs = name, record['signs']
-    fig = timeline_figure(record)
-    buf = io.BytesIO(); fig.savefig(buf, format='png', dpi=90)
-    __import__('matplotlib.pyplot').pyplot.close(fig)
     seconds = record['frames'] / record['fps']
     header = widgets.HTML(f"<div class='gtsr-clip' style='font-size:16px;margin:4px 0'><b>{len(signs) or 'No'} traffic sign{'s' * (len(signs) != 1)}</b> "
                           f"passed in {html.escape(name)} ({seconds:.1f} s, {record['width']}x{record['height']})</div>")
-    timeline = widgets.Image(value=buf.getvalue(), format='png', layout=widgets.Layout(max_width='100%', height='auto')).add_class('gtsr-timeline')
-    return widgets.VBox([header, timeline, *[_clip_sign_row(s, crop) for s, crop in zip(signs, crops)]],
+    return widgets.VBox([header, widgets.HTML(timeline_html(record)), *[_clip_sign_row(s, crop, record['fps']) for s, crop in zip(signs, crops)]],
                         layout=widgets.Layout(margin='8px 0', border_bottom='1px solid #ddd', padding='0 0 8px 0'))
 
 
