@@ -8,20 +8,20 @@ Docs: https://gtsr.github.io/gtsr/app.html.md"""
 __all__ = ['VERDICT_COLOURS', 'SCENE_WIDTH', 'MAX_CLIP_MB', 'MAX_CLIP_SECONDS', 'APP_NOTEBOOK', 'APP_TEMPLATES',
            'MAX_UPLOAD_BYTES', 'CULL_IDLE', 'STOP_SIGNALS', 'app_classifier', 'gradcam_classifier', 'app_detector',
            'reference_pictures', 'top5_chart', 'plain_words', 'error_card', 'is_close_up', 'drawn_photo', 'scene_card',
-           'classify_upload', 'clip_card', 'voila_command', 'stop_voila', 'serve']
+           'classify_upload', 'clip_card', 'lean_kernel', 'voila_command', 'stop_voila', 'serve']
 
 # %% ../nbs/11_app.ipynb #5a53f854
-import contextlib, functools, html, importlib.util, io, os, signal, subprocess, sys, tempfile, threading
+import contextlib, ctypes, functools, gc, hashlib, html, importlib.util, io, json, os, signal, subprocess, sys, tempfile, threading
 from pathlib import Path
 import ipywidgets as widgets
 import psutil # a base dependency: `gtsr app` stops every kernel it started
 from PIL import Image
-from .config import missing_extra
 from .data import MAX_PIXELS, DatasetError, ImageError, default_data_dir, load_gtsrb, read_image, reference_images, widened_crop
 from .inference import Classifier, Prediction, format_probability, gradcam_overlay, prediction_records
 from .detect import CROP_MARGIN, Detector, SignDetection, default_detector_path, draw_detections
 from .video import VIDEO_SUFFIXES
 from .timeline import timeline_html
+from .clip_reader import read_clip
 from .modelfile import ModelError, backend_file, default_model_path, verify_model
 
 # %% ../nbs/11_app.ipynb #3f619798
@@ -32,7 +32,7 @@ def app_classifier(path=None, # model file (the learner); default `$GTSR_MODEL` 
 
 @functools.cache # keyed by the resolved file, so that `app_classifier()`, `app_classifier(None)` and the default path share one
 def _load_app_classifier(path:Path) -> Classifier:
-    return Classifier.load(path, 'onnx-int8' if backend_file(path, 'onnx-int8').is_file() else 'fastai')
+    return Classifier.load(path, 'onnx-int8' if backend_file(path, 'onnx-int8').is_file() else 'fastai', arena=False) # a photo's working memory goes back after it
 
 @functools.cache
 def gradcam_classifier(path=None, # model file (the learner); default `$GTSR_MODEL` or the shipped model
@@ -51,13 +51,30 @@ def app_detector(path=None, # finder ONNX file; default `$GTSR_DETECTOR` or the 
                 ) -> Detector|None:
     "The app's detector, loaded once per kernel, naming signs with `app_classifier(model)`; None if there is no detector file."
     path = Path(path or default_detector_path())
-    return Detector.load(path, classifier=app_classifier(model)) if path.is_file() else None
+    return Detector.load(path, classifier=app_classifier(model), arena=False) if path.is_file() else None
 
 @functools.cache
 def reference_pictures(data=None, # a downloaded GTSRB folder; default `$GTSR_DATA` or the download folder
                       ) -> dict:
-    "Class id -> reference picture path, from a local GTSRB download; empty if there is none."
-    path = Path(data or default_data_dir())
+    "Class id -> reference picture path, from a local GTSRB download; empty if there is none. Worked out in a child process (pandas never loads in a visitor's kernel), once per folder: kept in the user's cache folder."
+    path = Path(data or default_data_dir()).expanduser().absolute()
+    if not path.is_dir(): return {}
+    cache = Path(os.environ.get('XDG_CACHE_HOME') or Path.home()/'.cache')/'gtsr'/f"references-{hashlib.sha1(str(path).encode()).hexdigest()[:16]}.json"
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        refs = {int(k): v for k, v in json.loads(cache.read_text()).items()}
+        if refs and all(Path(v).is_file() for v in refs.values()): return refs
+    child = subprocess.run([sys.executable, '-c', 'import json, sys; from gtsr.app import _references_here; print(json.dumps(_references_here(sys.argv[1])))',
+                            str(path)], capture_output=True, text=True, timeout=900)
+    if child.returncode: return {}
+    refs = {int(k): str(v) for k, v in json.loads(child.stdout.strip().splitlines()[-1]).items()}
+    if refs:
+        with contextlib.suppress(OSError):
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_suffix(f'.{os.getpid()}.tmp'); tmp.write_text(json.dumps(refs)); tmp.replace(cache)
+    return refs
+
+def _references_here(path) -> dict:
+    "`reference_pictures` worked out in this process, which loads pandas to read the download."
     try: df = load_gtsrb(path)
     except (DatasetError, ModuleNotFoundError): return {} # no download, or a base install (no pandas to read one)
     if (df.split == 'train').sum() == 0: return {}
@@ -220,26 +237,18 @@ def clip_card(name:str, # the uploaded file's name
               detector:Detector|None, # the detector
               progress:widgets.FloatProgress|None=None, # moved from 0 to 1 as the clip is read
              ) -> widgets.Widget:
-    "A clip's timeline (`timeline_html`) and one card per sign it passes, with a crop of its best view (`sign_crops`); or an error card."
+    "A clip's timeline (`timeline_html`) and one card per sign it passes, with a crop of its best view, read in a child process (`read_clip`); or an error card."
     size = memoryview(content).nbytes
     if size > MAX_CLIP_MB * 2**20:
         return error_card(name, f"this clip is {size / 2**20:.0f} MB, and the page reads clips up to {MAX_CLIP_MB} MB; `gtsr video` reads any length")
     if detector is None: return error_card(name, 'reading a clip needs the detector, and there is no detector file')
-    try:
-        import av, trackers # noqa: F401 -- the video extra; trackers loads OpenCV, which needs libGL
-        from gtsr.video import VideoError, read_video_info, sign_crops, video_record
-    except ImportError as e: return error_card(name, missing_extra(e) or f'the video extra cannot be loaded ({e})')
-    def seen(tf): # each frame as it is read
-        if tf.frame.seconds > MAX_CLIP_SECONDS:
-            raise VideoError(f"longer than {MAX_CLIP_SECONDS} s, the most the page reads; `gtsr video` reads any length")
-        if progress is not None and frames: progress.value = min(1., (tf.frame.index + 1) / frames)
+    def moved(value):
+        if progress is not None: progress.value = value
     with tempfile.TemporaryDirectory() as tmp: # PyAV reads a file; the folder goes with the clip in it
         path = Path(tmp)/('clip' + Path(name).suffix.lower())
         path.write_bytes(content)
-        try: frames = read_video_info(path).frames
-        except VideoError as e: return error_card(name, 'could not read this clip: ' + plain_words(str(e).split(': ', 1)[-1]))
-        record = video_record(path, detector, progress=False, on_frame=seen)
-        crops = sign_crops(path, record) if 'error' not in record else []
+        record, crops = read_clip(path, detector, MAX_CLIP_SECONDS, moved)
+    if progress is not None and 'error' not in record: progress.value = 1.
     if 'error' in record: return error_card(name, 'could not read this clip: ' + plain_words(record['error'].split(': ', 1)[-1]))
     record['path'], signs = name, record['signs']
     seconds = record['frames'] / record['fps']
@@ -248,6 +257,13 @@ def clip_card(name:str, # the uploaded file's name
     return widgets.VBox([header, widgets.HTML(timeline_html(record)), *[_clip_sign_row(s, crop, record['fps']) for s, crop in zip(signs, crops)]],
                         layout=widgets.Layout(margin='8px 0', border_bottom='1px solid #ddd', padding='0 0 8px 0'))
 
+
+# %% ../nbs/11_app.ipynb #64ad99a4
+def lean_kernel() -> int:
+    "Collect the garbage and return the freed heap to the system (glibc's `malloc_trim`), once an answer is shown; the kernel's resident MB after."
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError): ctypes.CDLL('libc.so.6').malloc_trim(0) # not glibc: nothing to trim
+    return round(psutil.Process().memory_info().rss / 2**20)
 
 # %% ../nbs/11_app.ipynb #57812b3e
 APP_NOTEBOOK = Path(__import__('gtsr').__file__).parent/'app.ipynb' # the Voila page, shipped inside the package

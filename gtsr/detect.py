@@ -159,6 +159,7 @@ class Detector:
              backend:str='onnx-int8', # the classifier's backend
              threads:int|None=None, # CPU threads; default all cores
              classifier:Classifier|None=None, # an already loaded classifier to name the signs with (then `model` and `backend` are not used)
+             arena:bool=True, # keep onnxruntime's memory arena (`onnx_session`): False gives a photo's working memory back after it
             ) -> 'Detector':
         "Verify and load the finder at `path`, its verifier, and the classifier that names what they find."
         path = Path(path or default_detector_path())
@@ -168,7 +169,7 @@ class Detector:
         if 'verifier' not in entry: raise ModelError(f"{path.name}'s manifest entry names no verifier; retrain it with `gtsr train-detector`.")
         verifier = path.with_name(entry['verifier'])
         verify_model(verifier)
-        return cls(onnx_session(path, threads), onnx_session(verifier, threads), classifier or Classifier.load(model, backend, threads=threads), path,
+        return cls(onnx_session(path, threads, arena), onnx_session(verifier, threads, arena), classifier or Classifier.load(model, backend, threads=threads, arena=arena), path,
                    entry.get('min_score', DEFAULT_MIN_SCORE), zooms=entry.get('zooms', (1.0,)))
 
     def candidates(self, img:Image.Image, # an RGB photo

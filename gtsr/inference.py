@@ -20,11 +20,13 @@ from .modelfile import (BACKENDS, DEFAULT_THRESHOLD, ModelError, backend_file, d
 # %% ../nbs/08_inference.ipynb #b8d35226
 def onnx_session(path, # a verified ONNX file
                  threads:int|None=None, # CPU threads; default all cores
+                 arena:bool=True, # onnxruntime's memory arena: repeated runs reuse their memory, but the process keeps its peak; False gives it back after each run
                 ):
     "An onnxruntime CPU session for `path` (imported here, so that nothing else pays for onnxruntime until a model is loaded)."
     import onnxruntime as ort
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or os.cpu_count() or 1
+    options.enable_cpu_mem_arena = options.enable_mem_pattern = arena
     try: return ort.InferenceSession(str(path), options, providers=['CPUExecutionProvider'])
     except Exception as e: # a file that passes its checksum can still be no model at all (a manifest written for the wrong file)
         if type(e).__module__ != 'onnxruntime.capi.onnxruntime_pybind11_state': raise
@@ -50,6 +52,7 @@ class Classifier:
              backend:str='fastai', # one of `BACKENDS`
              threads:int|None=None, # CPU threads for the ONNX backends; default all cores
              device:str|None=None, # fastai backend: cuda, mps or cpu; default the best present (`gtsr.train.torch_device`)
+             arena:bool=True, # ONNX backends: keep onnxruntime's memory arena (`onnx_session`)
             ) -> 'Classifier':
         "Verify and load the model at `path` for `backend`."
         path = Path(path or default_model_path())
@@ -70,7 +73,7 @@ class Classifier:
         if not file.is_file():
             raise ModelError(f"No {backend} model at {file}. Create it with `gtsr export --model {path}`.")
         entry = verify_model(file)
-        session = onnx_session(file, threads)
+        session = onnx_session(file, threads, arena)
         def predict_arrays(arrays): return session.run(None, {'image': np.ascontiguousarray(arrays, dtype=np.uint8)})[0]
         return cls(predict_arrays, entry['size'], backend, file, threshold=entry.get('confidence_threshold', DEFAULT_THRESHOLD),
                    temperature=entry.get('temperature', 1.0))
