@@ -343,7 +343,7 @@ def test_app_reads_a_clip_into_a_timeline_and_its_signs(browser, app_url, real_g
         page.goto(app_url, timeout=120_000)
         page.wait_for_selector('button.widget-upload', timeout=120_000)
         upload(page, [clip])
-        page.wait_for_selector('.gtsr-clip', timeout=120_000)
+        page.wait_for_selector('.gtsr-clip', timeout=300_000)
         assert '1 traffic sign passed' in page.inner_text('.gtsr-clip') and 'drive.mp4 (2.0 s, 1280x720)' in page.inner_text('.gtsr-clip')
         card = page.inner_text('.gtsr-sign-card')
         assert 'Speed limit (50km/h)' in card and 'best seen at' in card and ' s' in card and 'frame' not in card, card
