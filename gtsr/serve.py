@@ -40,7 +40,7 @@ from .detect import Detector, detection_records
 from .http_limits import HttpLimits, read_body, uvicorn_options
 from .inference import Classifier, Verdict, prediction_records
 from .modelfile import verify_model
-from .api_answers import MIN_PROBABILITY, answers_per_file, likely_guesses
+from .api_answers import MIN_PROBABILITY, PER_FILE, answers_per_file, likely_guesses
 from .uploads import ApiError, PixelBudget, detect_upload, reduced_upload, upload_pixels
 
 # %% ../nbs/12_serve.ipynb #e9f41cc5
@@ -264,7 +264,6 @@ _REFUSALS = {s: {'model': ErrorResponse, 'description': d} for s, d in [
     (422, 'no file, no readable image among the files (each named), or a bad query parameter'),
     (503, 'busy: an upload waited over --queue-timeout to be decoded'), (504, 'the request took over --request-timeout')]}
 
-_PER_FILE = 'one record per file, in upload order: its answer, or `{path, error}` for a file that is not a readable image (or is over --max-decode-mp)'
 router = APIRouter()
 
 async def each_upload(request:Request, # a multipart/form-data request
@@ -288,7 +287,7 @@ async def each_upload(request:Request, # a multipart/form-data request
         raise ApiError(504, f"request timed out: over {settings.request_timeout:g} s (--request-timeout); send fewer or smaller files") from None
     return answers_per_file(results, refused)
 
-@router.post('/v1/classify', response_model=list[ClassifyResult|ErrorItem], responses={200: {'description': _PER_FILE}, **_REFUSALS},
+@router.post('/v1/classify', response_model=list[ClassifyResult|ErrorItem], responses={200: {'description': PER_FILE}, **_REFUSALS},
              summary='Classify one or more images')
 async def classify(request:Request, # images as multipart/form-data files under `files`
                    topk:int=Query(None, ge=1, le=len(CLASS_NAMES), description='guesses per image'),
@@ -300,7 +299,7 @@ async def classify(request:Request, # images as multipart/form-data files under 
     return JSONResponse(await each_upload(request, guess))
 
 # %% ../nbs/12_serve.ipynb #9fad4833
-@router.post('/v1/detect', response_model=list[DetectResult|ErrorItem], responses={200: {'description': _PER_FILE}, **_REFUSALS}, summary='Find the signs in one or more photos')
+@router.post('/v1/detect', response_model=list[DetectResult|ErrorItem], responses={200: {'description': PER_FILE}, **_REFUSALS}, summary='Find the signs in one or more photos')
 async def detect(request:Request, # photos as multipart/form-data files under `files`
                 ):
     "Box, sign, probability and score of each sign found in each photo uploaded under the form field `files`."
