@@ -228,7 +228,7 @@ def _clip_sign_row(s:dict, crop:Image.Image|None, fps:float) -> widgets.Widget:
     text = (f"<div class='gtsr-prediction gtsr-sign' style='border-left:5px solid {VERDICT_COLOURS['sign']};padding:2px 8px;font-size:16px'>"
             f"<span class='gtsr-tag' style='background:#ffd400;border:1px solid #000;padding:0 6px;margin-right:6px;font-weight:bold'>"
             f"#{s['track_id']}</span><b>{html.escape(s['name'])}</b> ({format_probability(s['probability'])})<br>"
-            f"<small>in view {s['first_s']:.1f}-{s['last_s']:.1f} s; best seen at {s['frame'] / fps:.1f} s</small></div>")
+            f"<small>in view {s['first_s']:.1f}-{s['last_s']:.1f}&nbsp;s; best seen at {s['frame'] / fps:.1f}&nbsp;s</small></div>") # a time and its unit on one line
     pictures = [_thumb(crop, 96)] if crop is not None else []
     return widgets.HBox([*pictures, widgets.HTML(text)], layout=widgets.Layout(align_items='center', margin='4px 0')).add_class('gtsr-sign-card')
 
