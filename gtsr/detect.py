@@ -159,6 +159,7 @@ class Detector:
              backend:str='onnx-int8', # the classifier's backend
              threads:int|None=None, # CPU threads; default all cores
              classifier:Classifier|None=None, # an already loaded classifier to name the signs with (then `model` and `backend` are not used)
+             arena:bool=True, # keep the classifier's onnxruntime memory arena (`onnx_session`; the finder and verifier never keep one): False gives a photo's working memory back after it
             ) -> 'Detector':
         "Verify and load the finder at `path`, its verifier, and the classifier that names what they find."
         path = Path(path or default_detector_path())
@@ -169,7 +170,7 @@ class Detector:
         verifier = path.with_name(entry['verifier'])
         verify_model(verifier)
         sessions = [onnx_session(p, threads, arena=False) for p in (path, verifier)] # photos of every size: memory given back after each
-        return cls(*sessions, classifier or Classifier.load(model, backend, threads=threads), path,
+        return cls(*sessions, classifier or Classifier.load(model, backend, threads=threads, arena=arena), path,
                    entry.get('min_score', DEFAULT_MIN_SCORE), zooms=entry.get('zooms', (1.0,)))
 
     def candidates(self, img:Image.Image, # an RGB photo

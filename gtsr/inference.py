@@ -54,6 +54,7 @@ class Classifier:
              backend:str='fastai', # one of `BACKENDS`
              threads:int|None=None, # CPU threads for the ONNX backends; default all cores
              device:str|None=None, # fastai backend: cuda, mps or cpu; default the best present (`gtsr.train.torch_device`)
+             arena:bool=True, # ONNX backends: keep onnxruntime's memory arena (`onnx_session`)
             ) -> 'Classifier':
         "Verify and load the model at `path` for `backend`."
         path = Path(path or default_model_path())
@@ -74,7 +75,7 @@ class Classifier:
         if not file.is_file():
             raise ModelError(f"No {backend} model at {file}. Create it with `gtsr export --model {path}`.")
         entry = verify_model(file)
-        session = onnx_session(file, threads)
+        session = onnx_session(file, threads, arena)
         def predict_arrays(arrays): return session.run(None, {'image': np.ascontiguousarray(arrays, dtype=np.uint8)})[0]
         return cls(predict_arrays, entry['size'], backend, file, threshold=entry.get('confidence_threshold', DEFAULT_THRESHOLD),
                    temperature=entry.get('temperature', 1.0))

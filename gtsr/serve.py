@@ -230,49 +230,48 @@ ERROR_HANDLERS = {ApiError: api_error, RequestValidationError: invalid_request, 
 
 # %% ../nbs/12_serve.ipynb #aae7b9a5
 _REFUSALS = {s: {'model': ErrorResponse, 'description': d} for s, d in [
-    (400, 'malformed multipart body'), (413, 'body over --max-upload-mb or more files than --max-files'),
+    (400, 'malformed multipart body'), (413, 'body over --max-upload-mb, more files than --max-files, or every file over --max-decode-mp'),
     (408, 'body stalled over --read-timeout'), (415, 'not multipart/form-data'),
-    (422, 'no file, a file that is not a readable image (named), or a bad query parameter'),
+    (422, 'no file, no readable image among the files (each named), or a bad query parameter'),
     (503, 'busy: an upload waited over --queue-timeout to be decoded'), (504, 'the request took over --request-timeout')]}
 
 router = APIRouter()
-
-def _refuse_unreadable(results:list[dict]) -> list[dict]:
-    "`results`, or `ApiError` 422 naming every file that is not a readable image."
-    bad = [r for r in results if 'error' in r]
-    if bad: raise ApiError(422, f"{len(bad)} of {len(results)} files are not readable images: "
-                                + ', '.join(r['path'] for r in bad), bad)
-    return results
 
 async def each_upload(request:Request, # a multipart/form-data request
                       work, # (name, bytes) -> record, run in a worker thread
                       limiter=None, # the worker threads' `CapacityLimiter`; default anyio's
                      ) -> list[dict]:
-    "`work` on each uploaded file, one at a time, each screened (`screen_upload`) and holding its decoded bytes in the app's `DecodeBudget`, all within the request time limit (else `ApiError` 504)."
+    "`work` on each uploaded file, one at a time, each screened (`screen_upload`) and holding its decoded bytes in the app's `DecodeBudget`, all within the request time limit (else `ApiError` 504); `answers_per_file`."
     settings, budget = request.app.state.settings, request.app.state.pixel_budget
-    results = []
+    results, refused = [], [] # refused: files over the decode cap alone
     try:
         with anyio.fail_after(settings.request_timeout): # a thread is not interrupted: the limit acts between files
             for name, data in await read_uploads(request, settings.max_bytes, settings.max_files, settings.read_timeout):
-                data, size = await anyio.to_thread.run_sync(screen_upload, name, data) # its header read once, off the event loop
-                async with budget.hold(size, name):
-                    results.append(await anyio.to_thread.run_sync(work, name, data, limiter=limiter))
+                try:
+                    data, size = await anyio.to_thread.run_sync(screen_upload, name, data) # its header read once, off the event loop
+                    async with budget.hold(size, name):
+                        results.append(await anyio.to_thread.run_sync(work, name, data, limiter=limiter))
+                except ApiError as e:
+                    if e.status != 413: raise
+                    refused.append(e); results.extend(e.errors)
                 await anyio.sleep(0) # a checkpoint: a deadline passed during the thread's work takes effect here
     except TimeoutError:
         raise ApiError(504, f"request timed out: over {settings.request_timeout:g} s (--request-timeout); send fewer or smaller files") from None
-    return _refuse_unreadable(results)
+    return answers_per_file(results, refused)
 
-@router.post('/v1/classify', response_model=list[ClassifyResult], responses=_REFUSALS,
+@router.post('/v1/classify', response_model=list[ClassifyResult|ErrorItem], responses={200: {'description': PER_FILE}, **_REFUSALS},
              summary='Classify one or more images')
 async def classify(request:Request, # images as multipart/form-data files under `files`
                    topk:int=Query(None, ge=1, le=len(CLASS_NAMES), description='guesses per image'),
+                   min_probability:float=Query(MIN_PROBABILITY, ge=0, le=1, description='guesses under it are left out, the first one never; 0 keeps all topk'),
                   ):
-    "Top-k signs, their probabilities and a verdict for each image uploaded under the form field `files`."
+    "Top-k signs (less those under `min_probability`), their probabilities and a verdict for each image uploaded under the form field `files`."
     clf, k = request.app.state.classifier, topk or request.app.state.settings.topk
-    return JSONResponse(await each_upload(request, lambda name, data: prediction_records(clf, [reduced_upload(data, clf.size)], [name], k)[0]))
+    guess = lambda name, data: likely_guesses(prediction_records(clf, [reduced_upload(data, clf.size)], [name], k)[0], min_probability)
+    return JSONResponse(await each_upload(request, guess))
 
 # %% ../nbs/12_serve.ipynb #9fad4833
-@router.post('/v1/detect', response_model=list[DetectResult], responses=_REFUSALS, summary='Find the signs in one or more photos')
+@router.post('/v1/detect', response_model=list[DetectResult|ErrorItem], responses={200: {'description': PER_FILE}, **_REFUSALS}, summary='Find the signs in one or more photos')
 async def detect(request:Request, # photos as multipart/form-data files under `files`
                 ):
     "Box, sign, probability and score of each sign found in each photo uploaded under the form field `files`."

@@ -331,13 +331,16 @@ def sign_crops(path, # the video the record is of
                record:dict, # its `video_record`
                margin:float=CROP_MARGIN, # share of the box added on each side (`widened_crop`)
               ) -> list[Image.Image]:
-    "A crop of each sign's largest sighting (`frame`, `box`), in the record's order."
+    "A crop of each sign's largest sighting (`frame`, `box`) widened by `margin` within the frame (no black border at its edge), in the record's order."
     wanted = {}
     for k, s in enumerate(record['signs']): wanted.setdefault(s['frame'], []).append(k)
     crops = [None] * len(record['signs'])
     for f in video_frames(path):
         if f.index in wanted:
             img = Image.fromarray(f.pixels())
-            for k in wanted.pop(f.index): crops[k] = widened_crop(img, record['signs'][k]['box'], margin)
+            for k in wanted.pop(f.index):
+                x1, y1, x2, y2 = record['signs'][k]['box']
+                dx, dy = margin * (x2 - x1), margin * (y2 - y1)
+                crops[k] = img.crop((max(0, round(x1 - dx)), max(0, round(y1 - dy)), min(img.width, round(x2 + dx)), min(img.height, round(y2 + dy))))
         if not wanted: break
     return crops

@@ -1,5 +1,6 @@
-"The Voila app in real headless Chromium: upload a known sign and a non-image, read the page, take screenshots."
-import io, os, shutil, signal, subprocess, sys, time, urllib.request
+"""The Voila app in real headless Chromium: upload a known sign and a non-image, road photos and clips at desktop and
+phone sizes, read the page, measure the visitor's kernel, take screenshots."""
+import io, os, re, shutil, signal, subprocess, sys, time, urllib.request
 from pathlib import Path
 import pytest
 from PIL import Image
@@ -25,8 +26,8 @@ def browser():
         b.close()
 
 @pytest.fixture(scope='module')
-def app_url(tmp_path_factory, request):
-    "The app served by Voila on 127.0.0.1 with the shipped model (and the real data for references, when present)."
+def app_server(tmp_path_factory, request):
+    "The app served by Voila on 127.0.0.1 with the shipped model (and the real data for references, when present); yields (url, process, log path)."
     port = free_port()
     env = {**os.environ, 'GTSR_MODEL': str(default_model_path())}
     real = request.getfixturevalue('optional_real_data')
@@ -39,8 +40,11 @@ def app_url(tmp_path_factory, request):
         try: urllib.request.urlopen(url, timeout=5); break
         except Exception: time.sleep(0.5)
         assert proc.poll() is None, f"voila exited early: {Path(log.name).read_text()}"
-    yield url
+    yield url, proc, Path(log.name)
     proc.terminate(); proc.wait(20)
+
+@pytest.fixture(scope='module')
+def app_url(app_server): return app_server[0]
 
 @pytest.fixture(scope='module')
 def optional_real_data(request):
@@ -86,7 +90,7 @@ def test_app_classifies_an_upload_in_chromium(browser, app_url, optional_real_da
     if name: assert name in prediction, prediction
     assert page.locator('.gtsr-top5').count() == (0 if 'Not a traffic sign' in prediction else 1)
     error = page.inner_text('.gtsr-error')
-    assert 'notes.txt' in error and 'could not classify' in error
+    assert 'notes.txt' in error and 'could not classify' in error and 'jpg, png' in error and 'Pillow' not in error # in plain words
     page.screenshot(path=str(ARTIFACTS/'app.png'), full_page=True)
     print(f"prediction shown {elapsed:.2f} s after the upload: {prediction!r}")
     page.set_viewport_size({'width': 390, 'height': 844})
@@ -261,12 +265,20 @@ def check_scene_page(page) -> dict:
     assert not re.search(r'\b(99\.\d|100(\.0)?)%', text), text # confident answers read "over 99%", the same everywhere
     return sizes
 
+FIRST_NAME = """() => { const name = document.querySelector('.gtsr-sign-card b'), photo = document.querySelector('img.gtsr-photo').getBoundingClientRect(),
+    list = document.querySelector('.gtsr-sign-list').getBoundingClientRect(), r = name.getBoundingClientRect();
+    return {top: r.top, bottom: r.bottom, screen: window.innerHeight, font: parseFloat(getComputedStyle(name).fontSize),
+            photo_right: photo.right, photo_bottom: photo.bottom, list_left: list.left, list_top: list.top}; }"""
+
 def test_app_shows_a_road_photo_readably_at_desktop_and_phone_sizes(browser, app_url, tmp_path):
-    """A road photo at 1280x800 and on a 390x844 phone (3 device pixels per CSS pixel): one card per sign, numbered as on
-    the photo; the photo at most at its own width; no 0% fillers. Screenshots go to tests/_artifacts (and to docs/ with
-    GTSR_DOCS_SCREENSHOTS=1)."""
+    """A road photo at 1280x800 and on a 390x844 phone (3 device pixels per CSS pixel): the answer first (at 1280x800 the
+    list stands beside the photo and the first sign's name is on the first screen, unscrolled; on the phone the list
+    follows the photo); one card per sign, numbered left to right as on the photo; the photo at most at its own width;
+    no 0% fillers. Screenshots go to tests/_artifacts (and to docs/ with GTSR_DOCS_SCREENSHOTS=1)."""
+    from gtsr.detect import Detector
     ARTIFACTS.mkdir(exist_ok=True)
     photo = road_photo(tmp_path)
+    left_to_right = [d.name for d in sorted(Detector.load().detect(photo), key=lambda d: d.box[0] + d.box[2])]
     shots = [ARTIFACTS/'app-scene.png', ARTIFACTS/'app-phone.png']
     for (width, height, scale), shot in zip([(1280, 800, 1), (390, 844, 3)], shots):
         context = browser.new_context(viewport={'width': width, 'height': height}, device_scale_factor=scale, is_mobile=scale > 1, has_touch=scale > 1)
@@ -277,7 +289,15 @@ def test_app_shows_a_road_photo_readably_at_desktop_and_phone_sizes(browser, app
         page.wait_for_selector('.gtsr-scene', timeout=90_000)
         page.wait_for_function("document.querySelector('img.gtsr-photo') && document.querySelector('img.gtsr-photo').complete", timeout=30_000)
         sizes = check_scene_page(page)
-        if width == 1280: assert sizes['shown'] >= min(sizes['natural'], 0.8 * sizes['page']), sizes # not shrunk where there is room
+        names = [n.strip() for n in page.locator('.gtsr-sign-card b').all_inner_texts()]
+        assert names == left_to_right, (names, left_to_right) # numbered left to right, as the tags on the photo
+        first = page.evaluate(FIRST_NAME)
+        assert first['font'] >= 11, first
+        if width == 1280: # the answer first: the first name on the first screen, the list beside the photo, the photo not shrunk to a stamp
+            assert 0 <= first['top'] and first['bottom'] <= first['screen'], first
+            assert first['list_left'] >= first['photo_right'] - 1 and sizes['shown'] >= 0.5 * sizes['page'], (first, sizes)
+        else: assert first['list_top'] >= first['photo_bottom'] - 1, first # on a phone the list follows the photo
+        print(f"{width}x{height}: first sign's name at {first['top']:.0f}-{first['bottom']:.0f} CSS px of a {first['screen']} px screen")
         if scale == 1: page.set_viewport_size({'width': width, 'height': max(height, min(1600, page.evaluate('Math.max(...Array.from(document.querySelectorAll("*"), e => e.scrollHeight))')))}) # the cards too
         page.screenshot(path=str(shot), full_page=True)
         print(f"{width}x{height}: photo {sizes['natural']} px shown {sizes['shown']:.0f} CSS px wide")
@@ -299,9 +319,17 @@ def test_a_new_upload_clears_the_old_result(browser, app_url, tmp_path):
     assert not page.evaluate('window.mixed')
     page.close()
 
+TIMELINE_TEXT = """() => { const box = document.querySelector('.gtsr-timeline').getBoundingClientRect();
+    const texts = [...document.querySelectorAll('.gtsr-timeline *')].filter(e => [...e.childNodes].some(n => n.nodeType == 3 && n.textContent.trim()));
+    return {smallest: Math.min(...texts.map(e => parseFloat(getComputedStyle(e).fontSize))), count: texts.length, right: box.right,
+            page: document.documentElement.clientWidth,
+            thumbs: [...document.querySelectorAll('.gtsr-sign-card img')].map(i => [i.getBoundingClientRect().width, i.getBoundingClientRect().height])}; }"""
+
 def test_app_reads_a_clip_into_a_timeline_and_its_signs(browser, app_url, real_gtsdb, tmp_path):
-    """A two-second clip driving towards a real scene with one 50 km/h sign: the page shows the timeline figure and the
-    sign, named, with the crop of its best frame; the screenshot goes to tests/_artifacts (and docs/ with GTSR_DOCS_SCREENSHOTS=1)."""
+    """A two-second clip driving towards a real scene with one 50 km/h sign: the page shows the timeline and the sign,
+    named, with the crop of its best view and when it was best seen, in seconds; at 390 px the timeline's text is at
+    least 11 CSS px and it fits the screen; its axis ends at the clip's end. The screenshots go to tests/_artifacts
+    (and docs/ with GTSR_DOCS_SCREENSHOTS=1)."""
     import numpy as np
     from gtsr.video import write_frames
     ARTIFACTS.mkdir(exist_ok=True)
@@ -309,13 +337,93 @@ def test_app_reads_a_clip_into_a_timeline_and_its_signs(browser, app_url, real_g
     h, w = a.shape[:2]
     clip = write_frames(tmp_path/'drive.mp4', [np.asarray(Image.fromarray(a[k * h // 250:h - k * h // 250, k * w // 250:w - k * w // 250]).resize((1280, 720)))
                                                for k in range(50)], fps=25)
-    page = open_app(browser, app_url)
-    upload(page, [clip])
-    page.wait_for_selector('.gtsr-clip', timeout=120_000)
-    assert '1 traffic sign passed' in page.inner_text('.gtsr-clip') and 'drive.mp4 (2.0 s, 1280x720)' in page.inner_text('.gtsr-clip')
-    assert 'Speed limit (50km/h)' in page.inner_text('.gtsr-sign-card')
-    page.wait_for_function("document.querySelector('img.gtsr-timeline') && document.querySelector('img.gtsr-timeline').naturalWidth > 0", timeout=30_000)
-    assert page.locator('.gtsr-sign-card img').count() == 1 # the sign's best frame
-    page.screenshot(path=str(ARTIFACTS/'app-clip.png'), full_page=True)
-    if os.environ.get('GTSR_DOCS_SCREENSHOTS'): shutil.copy(ARTIFACTS/'app-clip.png', ROOT/'docs'/'app-clip.png')
-    page.close()
+    for (width, height, scale), shot in zip([(1280, 800, 1), (390, 844, 3)], ['app-clip.png', 'app-clip-phone.png']):
+        context = browser.new_context(viewport={'width': width, 'height': height}, device_scale_factor=scale, is_mobile=scale > 1, has_touch=scale > 1)
+        page = context.new_page()
+        page.goto(app_url, timeout=120_000)
+        page.wait_for_selector('button.widget-upload', timeout=120_000)
+        upload(page, [clip])
+        page.wait_for_selector('.gtsr-clip', timeout=300_000)
+        assert '1 traffic sign passed' in page.inner_text('.gtsr-clip') and 'drive.mp4 (2.0 s, 1280x720)' in page.inner_text('.gtsr-clip')
+        card = page.inner_text('.gtsr-sign-card')
+        assert 'Speed limit (50km/h)' in card and re.search(r'best seen at \d+\.\d\s+s', card) and 'frame' not in card, card
+        timeline = page.inner_text('.gtsr-timeline')
+        assert 'Speed limit (50km/h)' in timeline and '50 km/h' in timeline and timeline.rstrip().endswith('2.0 s'), timeline # the axis ends at the clip's end
+        text = page.evaluate(TIMELINE_TEXT)
+        assert text['count'] >= 4 and text['smallest'] >= 11 and text['right'] <= text['page'], text
+        assert text['thumbs'] == [[96, 96]], text # the sign's best view, in a square of the one size every crop gets
+        print(f"{width}x{height}: timeline text at least {text['smallest']:g} CSS px")
+        page.set_viewport_size({'width': width, 'height': max(height, min(1600, page.evaluate('Math.max(...Array.from(document.querySelectorAll("*"), e => e.scrollHeight))')))})
+        page.screenshot(path=str(ARTIFACTS/shot), full_page=True)
+        if os.environ.get('GTSR_DOCS_SCREENSHOTS'): shutil.copy(ARTIFACTS/shot, ROOT/'docs'/shot)
+        context.close()
+
+def kernel_mb(proc:subprocess.Popen) -> dict:
+    "Resident MB of each kernel below `proc`, by pid."
+    return {p.pid: p.memory_info().rss / 2**20 for p in kernels(proc)}
+
+def ten_second_clip(folder, tmp_path) -> Path:
+    "A 10 s, 960x540 clip driving towards five real GTSDB scenes in turn (2 s each)."
+    import numpy as np
+    from gtsr.video import write_frames
+    frames = []
+    for name in ('00006', '00316', '00014', '00020', '00338'):
+        a = np.asarray(Image.open(folder/'TrainIJCNN2013'/f'{name}.jpg').convert('RGB'))
+        h, w = a.shape[:2]
+        frames += [np.asarray(Image.fromarray(a[k * h // 250:h - k * h // 250, k * w // 250:w - k * w // 250]).resize((960, 540))) for k in range(50)]
+    return write_frames(tmp_path/'drive10.mp4', frames, fps=25)
+
+def test_a_visitors_kernel_stays_lean_after_a_photo_and_a_clip(browser, app_server, real_gtsdb, tmp_path):
+    """A visitor's kernel once the answer is shown: at most 200 MB after a 1360x800 road photo with four signs, and
+    after a 10 s clip (measured 2 s after each answer appears, by the kernel's resident memory)."""
+    url, proc, _ = app_server
+    photo, clip = real_gtsdb/'TrainIJCNN2013'/'00316.jpg', ten_second_clip(real_gtsdb, tmp_path)
+    for name, files, selector in [('photo', [photo], '.gtsr-scene'), ('10 s clip', [clip], '.gtsr-clip')]:
+        before = set(kernel_mb(proc))
+        page = open_app(browser, url)
+        mine = [pid for pid in kernel_mb(proc) if pid not in before]
+        assert len(mine) == 1, mine
+        start = kernel_mb(proc)[mine[0]]
+        upload(page, files)
+        page.wait_for_selector(selector, timeout=180_000)
+        time.sleep(2)
+        after = kernel_mb(proc)[mine[0]]
+        print(f"{name}: the visitor's kernel {start:.0f} MB before, {after:.0f} MB once the answer is shown")
+        assert after <= 200, (name, start, after)
+        page.goto('about:blank'); page.close()
+
+def test_the_page_needs_nothing_from_outside_and_says_when_its_server_has_gone(browser, tmp_path):
+    """`gtsr app` at 1280x800 and 390x844: every request the page makes goes to the app's own server (icons included),
+    none fails, the upload button's tooltip says what it does; stopped with SIGTERM, the open pages say that the server
+    has gone, within 10 s; the log has no deprecation warning and no KeyboardInterrupt."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    port, log = free_port(), tmp_path/'app.log'
+    proc = start_app(port, log)
+    pages, outside, failed = [], [], []
+    try:
+        for width, height, scale in [(1280, 800, 1), (390, 844, 3)]:
+            context = browser.new_context(viewport={'width': width, 'height': height}, device_scale_factor=scale, is_mobile=scale > 1, has_touch=scale > 1)
+            page = context.new_page()
+            page.on('request', lambda r: outside.append(r.url) if not r.url.startswith((f'http://127.0.0.1:{port}/', f'ws://127.0.0.1:{port}/', 'data:', 'blob:')) else None)
+            page.on('requestfailed', lambda r: failed.append((r.url, r.failure)))
+            page.goto(f'http://127.0.0.1:{port}/', timeout=120_000)
+            page.wait_for_selector('button.widget-upload', timeout=120_000)
+            title = page.get_attribute('button.widget-upload', 'title')
+            assert title and title != 'null' and 'photo' in title, title
+            icon = page.evaluate("getComputedStyle(document.querySelector('button.widget-upload i'), '::before').fontFamily")
+            assert 'Font Awesome' in icon, icon # the icon's font is there, from Voila's own bundle
+            pages.append((page, width))
+        time.sleep(7) # two probes of the server's health
+        assert not outside and not failed, (outside, failed)
+        assert all(page.locator('.gtsr-server-gone').count() == 0 for page, _ in pages) # no false alarm while it runs
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+        for page, width in pages:
+            page.wait_for_selector('.gtsr-server-gone', timeout=10_000)
+            assert 'server has stopped' in page.inner_text('.gtsr-server-gone')
+            page.screenshot(path=str(ARTIFACTS/f'app-server-gone-{width}.png'))
+            page.context.close()
+        text = log.read_text()
+        assert 'DeprecationWarning' not in text and 'KeyboardInterrupt' not in text, text[-3000:]
+    finally:
+        if proc.poll() is None: proc.terminate(); proc.wait(20)

@@ -103,7 +103,8 @@ def test_wheel_with_base_dependencies_from_the_index_runs_predict_detect_serve_a
     with zipfile.ZipFile(wheel) as z:
         names = set(z.namelist())
         assert {'gtsr/app.ipynb', 'gtsr/models/model.pkl', 'gtsr/models/manifest.json', 'gtsr/models/model-int8.onnx',
-                'gtsr/models/detector.onnx', 'gtsr/models/detector-verifier.onnx'} <= names
+                'gtsr/models/detector.onnx', 'gtsr/models/detector-verifier.onnx', 'gtsr/jupyter/voila/templates/gtsr/index.html.j2',
+                'gtsr/jupyter/voila/templates/gtsr/conf.json', 'gtsr/jupyter/voila/templates/gtsr/static/gtsr-alive.txt'} <= names # the app page's template
         info = next(n.split('/')[0] for n in names if n.endswith('.dist-info/METADATA'))
         assert z.read(f'{info}/licenses/LICENSE') == (ROOT/'LICENSE').read_bytes()
         metadata = z.read(f'{info}/METADATA').decode()

@@ -50,7 +50,7 @@ def assert_refused(r, status:int, *words):
 def test_classify_matches_gtsr_predict_json(api, tmp_path):
     "Same predictions as `gtsr predict --json` on the same files, plus a verdict consistent with the model's threshold."
     (tmp_path/'stop.png').write_bytes(STOP); (tmp_path/'priority.png').write_bytes(PRIORITY)
-    r = api.post('/v1/classify', files=[('files', ('stop.png', STOP, 'image/png')), ('files', ('priority.png', PRIORITY, 'image/png'))])
+    r = api.post('/v1/classify?min_probability=0', files=[('files', ('stop.png', STOP, 'image/png')), ('files', ('priority.png', PRIORITY, 'image/png'))])
     assert r.status_code == 200, r.text
     got = r.json()
     cli = predict_files([str(tmp_path/'stop.png'), str(tmp_path/'priority.png')], MODELS/'model.pkl', 'onnx-int8')
@@ -67,10 +67,23 @@ def test_classify_matches_gtsr_predict_json(api, tmp_path):
 
 def test_classify_topk_and_any_image_format(api):
     jpeg, bmp = png(draw_sign(14, 64), 'JPEG'), png(draw_sign(14, 100).convert('L'), 'BMP')
-    r = api.post('/v1/classify?topk=2', files=[('files', ('a.jpg', jpeg)), ('files', ('b.bmp', bmp))])
+    r = api.post('/v1/classify?topk=2&min_probability=0', files=[('files', ('a.jpg', jpeg)), ('files', ('b.bmp', bmp))])
     assert r.status_code == 200, r.text
     assert [len(x['predictions']) for x in r.json()] == [2, 2]
-    assert len(api.post('/v1/classify?topk=43', files=[('files', ('a.jpg', jpeg))]).json()[0]['predictions']) == 43
+    assert len(api.post('/v1/classify?topk=43&min_probability=0', files=[('files', ('a.jpg', jpeg))]).json()[0]['predictions']) == 43
+
+def test_classify_leaves_out_guesses_under_1_percent_unless_asked(api):
+    "The default answer has no guess under 1% but its first; `min_probability=0` gives all topk; a bad value is 422."
+    files = [('files', ('stop.png', STOP)), ('files', ('priority.png', PRIORITY))]
+    every = api.post('/v1/classify?topk=5&min_probability=0', files=files).json()
+    likely = api.post('/v1/classify?topk=5', files=files).json()
+    assert any(p['probability'] < 0.01 for x in every for p in x['predictions']), "the drawn signs have no unlikely guess to leave out"
+    for e, l in zip(every, likely):
+        assert l['predictions'] == [p for k, p in enumerate(e['predictions']) if k == 0 or p['probability'] >= 0.01]
+        assert l['verdict'] == e['verdict'] and len(l['predictions']) >= 1
+    strict = api.post('/v1/classify?topk=5&min_probability=1', files=files).json()
+    assert [len(x['predictions']) for x in strict] == [1, 1] # the most likely is always kept
+    assert_refused(api.post('/v1/classify?min_probability=2', files=files), 422, 'min_probability')
 
 def test_model_and_health(api):
     m = api.get('/v1/model').json()
@@ -103,11 +116,16 @@ def test_detect_matches_gtsr_detect_json(api, tmp_path):
         assert [(s['box'], s['class_id'], s['name']) for s in g['signs']] == [(s['box'], s['class_id'], s['name']) for s in c['signs']]
         assert np.allclose([[s['probability'], s['score']] for s in g['signs']], [[s['probability'], s['score']] for s in c['signs']], atol=1e-4)
 
-def test_detect_refusals_are_those_of_classify(api, small_api):
-    "The same caps and JSON errors naming the file as /v1/classify."
-    body = assert_refused(api.post('/v1/detect', files=[('files', ('road.jpg', ROAD)), ('files', ('notes.txt', b'not a photo'))]),
-                          422, 'notes.txt', 'not readable images')
-    assert [e['path'] for e in body['errors']] == ['notes.txt'] and 'road.jpg' not in body['detail']
+def test_detect_answers_each_file_and_refuses_as_classify(api, small_api):
+    "One good photo and one broken file: 200 with the photo's answer and the broken file's error record; the same caps as /v1/classify."
+    r = api.post('/v1/detect', files=[('files', ('road.jpg', ROAD)), ('files', ('broken.jpg', ROAD[:400]))])
+    assert r.status_code == 200, r.text
+    good, bad = r.json()
+    assert (good['path'], good['width'], good['height']) == ('road.jpg', 680, 400) and 'signs' in good
+    assert set(bad) == {'path', 'error'} and bad['path'] == 'broken.jpg' and 'truncated' in bad['error']
+    body = assert_refused(api.post('/v1/detect', files=[('files', ('notes.txt', b'not a photo')), ('files', ('empty.jpg', b''))]),
+                          422, 'notes.txt', 'empty.jpg', 'not readable images')
+    assert [e['path'] for e in body['errors']] == ['notes.txt', 'empty.jpg']
     assert_refused(api.post('/v1/detect', json={'files': ['x']}), 415, 'multipart/form-data')
     assert_refused(api.post('/v1/detect', data={'note': 'hi'}, files=[('other', ('a.png', STOP))]), 422, 'no file')
     assert_refused(small_api.post('/v1/detect', files=[('files', ('big.jpg', bytes(60_000)))]), 413, 'too large')
@@ -158,14 +176,23 @@ def test_docs_and_typed_openapi_schema(api):
 
 # --- every refusal: its status and a JSON body naming the problem
 
-def test_non_image_and_corrupt_files_are_422_naming_the_file(api):
+def test_non_image_and_corrupt_files_get_their_own_error_records(api):
+    "Seven good images and three bad files: 200, every good one answered, each bad one a {path, error} record, in upload order."
     truncated = STOP[:60]
-    r = api.post('/v1/classify', files=[('files', ('stop.png', STOP)), ('files', ('notes.txt', b'not a picture')),
-                                        ('files', ('broken.png', truncated)), ('files', ('empty.png', b''))])
-    body = assert_refused(r, 422, 'notes.txt', 'broken.png', 'empty.png', 'not readable images')
-    assert [e['path'] for e in body['errors']] == ['notes.txt', 'broken.png', 'empty.png']
-    assert 'stop.png' not in body['detail']
-    assert 'truncated' in body['errors'][1]['error'] and '0 bytes' in body['errors'][2]['error']
+    good = [(f'stop{i}.png', STOP) for i in range(7)]
+    r = api.post('/v1/classify', files=[('files', f) for f in [good[0], ('notes.txt', b'not a picture'), *good[1:],
+                                                              ('broken.png', truncated), ('empty.png', b'')]])
+    assert r.status_code == 200, r.text
+    got = r.json()
+    assert [x['path'] for x in got] == ['stop0.png', 'notes.txt', *[f'stop{i}.png' for i in range(1, 7)], 'broken.png', 'empty.png']
+    errors = [x for x in got if 'error' in x]
+    assert [set(x) for x in errors] == [{'path', 'error'}] * 3 and all(x['predictions'] == got[0]['predictions'] for x in got if 'error' not in x)
+    assert 'not a readable image' in errors[0]['error'] and 'truncated' in errors[1]['error'] and '0 bytes' in errors[2]['error']
+
+def test_nothing_readable_is_422_naming_each_file(api):
+    r = api.post('/v1/classify', files=[('files', ('notes.txt', b'not a picture')), ('files', ('empty.png', b''))])
+    body = assert_refused(r, 422, 'notes.txt', 'empty.png', 'not readable images')
+    assert [e['path'] for e in body['errors']] == ['notes.txt', 'empty.png'] and '0 bytes' in body['errors'][1]['error']
 
 def test_not_multipart_is_415(api):
     assert_refused(api.post('/v1/classify', json={'files': ['x']}), 415, 'application/json', 'multipart/form-data')
@@ -326,6 +353,9 @@ def test_request_time_limit_is_json_504():
 def test_file_over_the_decode_cap_alone_is_413_naming_it():
     with TestClient(create_app(MODELS/'model.pkl', 'onnx-int8', max_decode_mp=50)) as c:
         assert_refused(c.post('/v1/detect', files=[('files', ('big.png', FLAT_BIG))]), 413, 'big.png', 'max-decode-mp')
+        r = c.post('/v1/detect', files=[('files', ('big.png', FLAT_BIG)), ('files', ('road.jpg', ROAD))]) # with a file it can read
+        assert r.status_code == 200, r.text
+        assert [(x['path'], 'error' in x) for x in r.json()] == [('big.png', True), ('road.jpg', False)] and 'limit' in r.json()[0]['error']
 
 def _chunk(kind:bytes, data:bytes) -> bytes: return struct.pack('>I', len(data)) + kind + data + struct.pack('>I', zlib.crc32(kind + data))
 
