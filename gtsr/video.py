@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from .data import CLASS_NAMES, atomic_path, widened_crop
 from .detect import CROP_MARGIN, Detector, SignDetection, _font, box_iou
+from .signmap import TRAFFIC_SIGNS
 from .video_io import (VIDEO_SUFFIXES, THUMBNAIL, Frame, VideoError, VideoWriter, exact_rate, read_video_info, # reading and writing
                            video_frames, write_frames) # video (`gtsr.video_io`), also importable from here
 
@@ -38,12 +39,12 @@ class TrackedSign(NamedTuple):
     sightings: list # `Sighting`s, in frame order
 
     def record(self) -> dict:
-        "The JSON record of `gtsr video`: class decided over all sightings (summed probability), frame and box of the largest."
+        "The JSON record of `gtsr video`: class decided over all sightings (summed probability) with its OSM `traffic_sign` (`gtsr.signmap`), frame and box of the largest."
         votes = {}
         for s in self.sightings: votes[s.class_id] = votes.get(s.class_id, 0.0) + s.probability
         class_id = max(votes, key=votes.get)
         big = max(self.sightings, key=lambda s: (s.box[2] - s.box[0]) * (s.box[3] - s.box[1]))
-        return dict(track_id=self.track_id, class_id=class_id, name=CLASS_NAMES[class_id],
+        return dict(track_id=self.track_id, class_id=class_id, name=CLASS_NAMES[class_id], traffic_sign=TRAFFIC_SIGNS[class_id],
                     probability=round(votes[class_id] / len(self.sightings), 4), # the class's probability, averaged over every sighting
                     first_frame=self.sightings[0].frame, last_frame=self.sightings[-1].frame,
                     first_s=self.sightings[0].seconds, last_s=self.sightings[-1].seconds, frame=big.frame, box=list(big.box))
@@ -299,6 +300,7 @@ def write_video_outputs(path, # a video file
                         detector:Detector, # the detector
                         out, # folder for NAME.annotated.mp4, NAME.timeline.png and NAME.signs.json
                         progress:bool=True, # a progress bar for videos longer than `PROGRESS_SECONDS`
+                        amend=None, # called with the record before it is saved, returning it (e.g. `gtsr.signmap.locate_signs`)
                         **kwargs, # `track_frames` options
                        ) -> dict:
     "`video_record` of the video at `path`, writing its annotated video, timeline figure and record into `out` (nothing for an unreadable video)."
@@ -318,6 +320,7 @@ def write_video_outputs(path, # a video file
         with VideoWriter(out/f'{stem}.annotated.mp4', info.rate, time_base=info.time_base) as writer: # the source's frame times
             record = video_record(path, detector, progress, on_frame=annotate, **kwargs)
             if 'error' in record: raise VideoError(record['error'])
+            if amend: record = amend(record)
     except VideoError as e: return {'path': str(path), 'error': str(e)}
     timeline_figure(record, out/f'{stem}.timeline.png')
     with atomic_path(out/f'{stem}.signs.json') as tmp: tmp.write_text(json.dumps(record, indent=1))
