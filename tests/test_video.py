@@ -133,8 +133,12 @@ def test_video_json_csv_and_out_on_a_real_drive(drive, tmp_path):
     assert [[int(x[k]) for k in ('x1', 'y1', 'x2', 'y2')] for x in rows] == [s['box'] for s in rec['signs']]
     assert json.loads((tmp_path/'out'/'drive.signs.json').read_text())['signs'] == rec['signs']
     assert Image.open(tmp_path/'out'/'drive.timeline.png').size[0] >= 800
-    from gtsr.video import read_video_info
+    from gtsr.video import read_video_info, video_frames
     assert read_video_info(tmp_path/'out'/'drive.annotated.mp4')[:4] == (25, len(truth), 1280, 720)
+    yellow = lambda path: [int(((a[..., 0] > 200) & (a[..., 1] > 170) & (a[..., 2] < 90)).sum()) for a in (f.pixels() for f in video_frames(path))]
+    boxed = [a - b for a, b in zip(yellow(tmp_path/'out'/'drive.annotated.mp4'), yellow(drive))] # the yellow of the boxes and tags drawn
+    for s in rec['signs']: # a sign's box is on every frame of its track, from its first sighting (before the tracker confirmed it)
+        assert min(boxed[s['first_frame']:s['last_frame'] + 1]) > 100, (s, boxed)
     assert not [p for p in (tmp_path/'out').iterdir() if 'partial' in p.name]
 
 def with_creation_time(src, dst, text):
