@@ -36,6 +36,7 @@ from .detect import Detector, detection_records
 from .http_limits import HttpLimits, multipart_parts, read_body, uvicorn_options
 from .inference import Classifier, Verdict, prediction_records
 from .modelfile import verify_model
+from .api_answers import MIN_PROBABILITY, PER_FILE, answers_per_file, likely_guesses
 from .uploads import ApiError, DecodeBudget, detect_upload, reduced_upload, screen_upload
 
 # %% ../nbs/12_serve.ipynb #e9f41cc5

@@ -8,7 +8,7 @@ Docs: https://gtsr.github.io/gtsr/video.html.md"""
 __all__ = ['TRACKER_SETTINGS', 'DETECTION_MIN_SCORE', 'DEFAULT_STRIDE_SECONDS', 'CUT_DIFFERENCE', 'PROGRESS_SECONDS',
            'SPEED_LIMITS', 'END_OF_LIMIT', 'Sighting', 'TrackedSign', 'box_similarity', 'SignTracker',
            'detector_stride', 'is_cut', 'TrackedFrame', 'track_frames', 'track_signs', 'video_record', 'speed_limits',
-           'timeline_figure', 'draw_tracks', 'write_video_outputs', 'sign_crops']
+           'timeline_figure', 'draw_tracks', 'BoxTimeline', 'write_video_outputs', 'sign_crops']
 
 # %% ../nbs/10_video.ipynb #b95c0e96
 import json, sys
@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from .data import CLASS_NAMES, atomic_path, widened_crop
 from .detect import CROP_MARGIN, Detector, SignDetection, _font, box_iou
+from .signmap import TRAFFIC_SIGNS
 from .video_io import (VIDEO_SUFFIXES, THUMBNAIL, Frame, VideoError, VideoWriter, exact_rate, missing_frames, # reading and writing
                            read_video_info, video_frames, write_frames) # video (`gtsr.video_io`), also importable from here
 
@@ -38,12 +39,12 @@ class TrackedSign(NamedTuple):
     sightings: list # `Sighting`s, in frame order
 
     def record(self) -> dict:
-        "The JSON record of `gtsr video`: class decided over all sightings (summed probability), frame and box of the largest."
+        "The JSON record of `gtsr video`: class decided over all sightings (summed probability) with its OSM `traffic_sign` (`gtsr.signmap`), frame and box of the largest."
         votes = {}
         for s in self.sightings: votes[s.class_id] = votes.get(s.class_id, 0.0) + s.probability
         class_id = max(votes, key=votes.get)
         big = max(self.sightings, key=lambda s: (s.box[2] - s.box[0]) * (s.box[3] - s.box[1]))
-        return dict(track_id=self.track_id, class_id=class_id, name=CLASS_NAMES[class_id],
+        return dict(track_id=self.track_id, class_id=class_id, name=CLASS_NAMES[class_id], traffic_sign=TRAFFIC_SIGNS[class_id],
                     probability=round(votes[class_id] / len(self.sightings), 4), # the class's probability, averaged over every sighting
                     first_frame=self.sightings[0].frame, last_frame=self.sightings[-1].frame,
                     first_s=self.sightings[0].seconds, last_s=self.sightings[-1].seconds, frame=big.frame, box=list(big.box))
@@ -83,7 +84,7 @@ class SignTracker:
         # given time stamps, ByteTrack keeps a lost track `lost_track_buffer` / 30 s: keep it as many detector frames as
         # it would without them at the nominal rate (what was tuned), and half a frame more for uneven time stamps
         self.tracker.maximum_time_without_update = (self.tracker.maximum_frames_without_update + 0.5) / self.frame_rate
-        self.clock = None # the time stamp ByteTrack was last given
+        self.clock, self.confirmed = None, [] # the time stamp ByteTrack was last given; (track_id, first `Sighting`) of the tracks the last update confirmed
 
     def update(self, frame:int, seconds:float, # the frame's index and time
                detections:list[SignDetection], # what the detector found in it
@@ -93,7 +94,7 @@ class SignTracker:
         boxes = np.array([d.box for d in detections], np.float32).reshape(-1, 4)
         found = sv.Detections(xyxy=boxes, confidence=np.array([d.score for d in detections], np.float32),
                               data={'index': np.arange(len(detections))})
-        before = {id(t) for t in self.tracker.tracks}
+        before, self.confirmed = {id(t) for t in self.tracker.tracks}, []
         self.clock = seconds if self.clock is None else max(seconds, self.clock + 1e-6) # they must rise
         out = self.tracker.update(found, timestamp=self.clock) # the Kalman filter steps by the time gone by: a gap is a longer step
         sighting = lambda d: Sighting(frame, seconds, list(map(int, d.box)), d.class_id, d.probability, d.score)
@@ -109,6 +110,7 @@ class SignTracker:
         for key, (t, first) in list(self.pending.items()):
             if t.tracker_id >= 0:
                 self.tracks[self.base + t.tracker_id].insert(0, first); del self.pending[key]
+                self.confirmed.append((self.base + t.tracker_id, first))
             elif t not in self.tracker.tracks: del self.pending[key]
         alive = {self.base + t.tracker_id for t in self.tracker.tracks}
         for tid in [tid for tid in self.tracks if tid not in alive]: self.done.append(TrackedSign(tid, self.tracks.pop(tid))) # memory stays bounded
@@ -158,6 +160,7 @@ class TrackedFrame(NamedTuple):
     "What `track_signs` knows after one frame: the frame, and the signs on confirmed tracks in it (None: the detector did not read it)."
     frame: Frame
     linked: list|None # (track_id, SignDetection) pairs
+    confirmed: list = () # (track_id, `Sighting`) of each track confirmed at this frame: its first sighting, at an earlier detector frame
 
 def track_frames(source, # a video file, or an iterable of H x W x 3 uint8 RGB frames (a webcam, a list of images)
                  detector:Detector, # the detector
@@ -182,7 +185,7 @@ def track_frames(source, # a video file, or an iterable of H x W x 3 uint8 RGB f
             linked = tracker.update(f.index, f.seconds, detector.detect(f.pixels(), min_score=DETECTION_MIN_SCORE if min_score is None else min_score))
             signs += tracker.finished()
             due = f.seconds + (stride - 0.5) / fps # half a frame early: rounded time stamps still give every `stride`-th frame at an even rate
-        yield TrackedFrame(f, linked)
+        yield TrackedFrame(f, linked, tracker.confirmed if linked is not None else ())
     signs += tracker.finish()
 
 def track_signs(source, # a video file, or an iterable of H x W x 3 uint8 RGB frames (a webcam, a list of images)
@@ -297,11 +300,40 @@ def draw_tracks(a:np.ndarray, # H x W x 3 uint8 RGB frame
         draw.text((x1 + 3, y1 + 1), text, fill='black', font=font)
     return np.asarray(img)
 
+# %% ../nbs/10_video.ipynb #e925ef8f
+class BoxTimeline:
+    "Each track's box on every frame from its first sighting, linear in time between sightings: frames are held from one detector frame to the next."
+    def __init__(self, draw, # called with each `Frame` and its [(track_id, box)], in frame order
+                ):
+        self.draw, self.frames, self.seen = draw, [], {} # frames since the last detector frame; track_id -> (seconds, box) there
+
+    def add(self, tf:TrackedFrame):
+        "Take the next frame; a detector frame draws those held since the one before."
+        if tf.linked is None: self.frames.append(tf.frame); return
+        for tid, s in tf.confirmed: self.seen.setdefault(tid, (s.seconds, s.box)) # first seen at the detector frame before
+        now = {tid: (tf.frame.seconds, list(d.box)) for tid, d in tf.linked}
+        self.flush(now)
+        self.frames, self.seen = [tf.frame], now
+
+    def flush(self, now:dict|None=None, # track_id -> (seconds, box) at the next detector frame; none at the end
+             ):
+        "Draw the frames held, each track's box moved towards where it is `now` (held where it was last seen if it is not)."
+        for f in self.frames:
+            boxes = []
+            for tid, (t0, b0) in self.seen.items():
+                if f.seconds < t0: continue
+                t1, b1 = (now or {}).get(tid, (t0, b0))
+                w = (f.seconds - t0) / (t1 - t0) if t1 > t0 else 0
+                boxes.append((tid, [round(a + w * (b - a)) for a, b in zip(b0, b1)]))
+            self.draw(f, boxes)
+        self.frames = []
+
 # %% ../nbs/10_video.ipynb #fd60ddd0
 def write_video_outputs(path, # a video file
                         detector:Detector, # the detector
                         out, # folder for NAME.annotated.mp4, NAME.timeline.png and NAME.signs.json
                         progress:bool=True, # a progress bar for videos longer than `PROGRESS_SECONDS`
+                        amend=None, # called with the record before it is saved, returning it (e.g. `gtsr.signmap.locate_signs`)
                         **kwargs, # `track_frames` options
                        ) -> dict:
     "`video_record` of the video at `path`, writing its annotated video, timeline figure and record into `out` (nothing for an unreadable video)."
@@ -309,18 +341,21 @@ def write_video_outputs(path, # a video file
     stem = Path(path).stem
     try: info = read_video_info(path)
     except VideoError as e: return {'path': str(path), 'error': str(e)}
-    held, votes = [], {}
+    votes = {}
+    def vote(tid, s): v = votes.setdefault(tid, {}); v[s.class_id] = v.get(s.class_id, 0) + s.probability
+    def draw(f, boxes):
+        named = [(tid, CLASS_NAMES[max(votes[tid], key=votes[tid].get)], box) for tid, box in boxes]
+        writer.write(draw_tracks(f.pixels(), named), f.pts)
+    timeline = BoxTimeline(draw)
     def annotate(tf:TrackedFrame):
-        nonlocal held
-        if tf.linked is not None:
-            for tid, d in tf.linked:
-                v = votes.setdefault(tid, {}); v[d.class_id] = v.get(d.class_id, 0) + d.probability
-            held = [(tid, CLASS_NAMES[max(votes[tid], key=votes[tid].get)], d.box) for tid, d in tf.linked]
-        writer.write(draw_tracks(tf.frame.pixels(), held), tf.frame.pts)
+        for tid, s in [*tf.confirmed, *(tf.linked or [])]: vote(tid, s)
+        timeline.add(tf)
     try:
         with VideoWriter(out/f'{stem}.annotated.mp4', info.rate, time_base=info.time_base) as writer: # the source's frame times
             record = video_record(path, detector, progress, on_frame=annotate, **kwargs)
             if 'error' in record: raise VideoError(record['error'])
+            timeline.flush()
+            if amend: record = amend(record)
     except VideoError as e: return {'path': str(path), 'error': str(e)}
     timeline_figure(record, out/f'{stem}.timeline.png')
     with atomic_path(out/f'{stem}.signs.json') as tmp: tmp.write_text(json.dumps(record, indent=1))

@@ -124,7 +124,7 @@ def test_video_json_csv_and_out_on_a_real_drive(drive, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     [rec] = json.loads(r.stdout)
     assert list(rec) == ['path', 'fps', 'frames', 'header_frames', 'width', 'height', 'signs'] and (rec['fps'], rec['frames'], rec['width'], rec['height']) == (25, len(truth), 1280, 720)
-    keys = ['track_id', 'class_id', 'name', 'probability', 'first_frame', 'last_frame', 'first_s', 'last_s', 'frame', 'box']
+    keys = ['track_id', 'class_id', 'name', 'traffic_sign', 'probability', 'first_frame', 'last_frame', 'first_s', 'last_s', 'frame', 'box']
     assert rec['signs'] and all(list(s) == keys for s in rec['signs'])
     classes = {c for frame in truth for _, c, _ in frame}
     assert {s['class_id'] for s in rec['signs']} & classes, (rec['signs'], classes)
@@ -138,9 +138,57 @@ def test_video_json_csv_and_out_on_a_real_drive(drive, tmp_path):
     assert [[int(x[k]) for k in ('x1', 'y1', 'x2', 'y2')] for x in rows] == [s['box'] for s in rec['signs']]
     assert json.loads((tmp_path/'out'/'drive.signs.json').read_text())['signs'] == rec['signs']
     assert Image.open(tmp_path/'out'/'drive.timeline.png').size[0] >= 800
-    from gtsr.video import read_video_info
+    from gtsr.video import read_video_info, video_frames
     assert read_video_info(tmp_path/'out'/'drive.annotated.mp4')[:4] == (25, len(truth), 1280, 720)
+    yellow = lambda path: [int(((a[..., 0] > 200) & (a[..., 1] > 170) & (a[..., 2] < 90)).sum()) for a in (f.pixels() for f in video_frames(path))]
+    boxed = [a - b for a, b in zip(yellow(tmp_path/'out'/'drive.annotated.mp4'), yellow(drive))] # the yellow of the boxes and tags drawn
+    for s in rec['signs']: # a sign's box is on every frame of its track, from its first sighting (before the tracker confirmed it)
+        assert min(boxed[s['first_frame']:s['last_frame'] + 1]) > 100, (s, boxed)
     assert not [p for p in (tmp_path/'out').iterdir() if 'partial' in p.name]
+
+def with_creation_time(src, dst, text):
+    "A copy of the video `src` at `dst` whose header says it was recorded at `text`, as a camera writes it (no re-encoding)."
+    import av
+    with av.open(str(src)) as i, av.open(str(dst), 'w', format='mp4') as o:
+        o.metadata['creation_time'] = text
+        s = o.add_stream_from_template(i.streams.video[0])
+        for p in i.demux(i.streams.video[0]):
+            if p.dts is not None: p.stream = s; o.mux(p)
+    return dst
+
+def test_signs_placed_on_a_gps_track_and_mapped(drive, tmp_path):
+    "With a GPX track made here and the video's creation time, each sign is placed where the track was at its last sighting (linear between points); --geojson maps them with OSM's traffic_sign, --out's record has the places too; a broken track, no start and a start outside the track are one-line errors with nothing written."
+    import gpxpy.gpx
+    from datetime import datetime, timedelta, timezone
+    from gtsr.signmap import TRAFFIC_SIGNS
+    dated = with_creation_time(drive, tmp_path/'dated.mp4', '2026-05-04T10:00:00.000000Z')
+    t0 = datetime(2026, 5, 4, 10, tzinfo=timezone.utc)
+    seconds = np.arange(-2, 10, 2.0) # a point every 2 s from 2 s before the video's start; a curve, straight between points
+    lat, lon = 52.5 + 1e-4 * seconds, 13.4 + 2e-5 * seconds ** 2
+    gpx = gpxpy.gpx.GPX(); trk = gpxpy.gpx.GPXTrack(); seg = gpxpy.gpx.GPXTrackSegment()
+    gpx.tracks.append(trk); trk.segments.append(seg)
+    seg.points += [gpxpy.gpx.GPXTrackPoint(a, o, time=t0 + timedelta(seconds=float(t))) for t, a, o in zip(seconds, lat, lon)]
+    (tmp_path/'drive.gpx').write_text(gpx.to_xml())
+    r = run_gtsr('video', '--json', dated, '--gpx', tmp_path/'drive.gpx', '--geojson', tmp_path/'signs.geojson', '--out', tmp_path/'out', timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    [rec] = json.loads(r.stdout)
+    assert rec['signs']
+    for s in rec['signs']:
+        assert s['traffic_sign'] == TRAFFIC_SIGNS[s['class_id']] and s['traffic_sign'].startswith('DE:')
+        assert s['time'] == (t0 + timedelta(seconds=s['last_s'])).isoformat(timespec='milliseconds').replace('+00:00', 'Z')
+        assert abs(s['lat'] - np.interp(s['last_s'], seconds, lat)) < 1e-7 and abs(s['lon'] - np.interp(s['last_s'], seconds, lon)) < 1e-7, s
+    assert json.loads((tmp_path/'out'/'dated.signs.json').read_text())['signs'] == rec['signs']
+    geo = json.loads((tmp_path/'signs.geojson').read_text())
+    assert geo['type'] == 'FeatureCollection' and len(geo['features']) == len(rec['signs'])
+    for f, s in zip(geo['features'], rec['signs']):
+        assert f['geometry'] == {'type': 'Point', 'coordinates': [s['lon'], s['lat']]} and f['properties']['traffic_sign'] == s['traffic_sign']
+    (tmp_path/'broken.gpx').write_text(gpx.to_xml()[:200])
+    for args, says in [((drive, '--gpx', tmp_path/'broken.gpx'), 'not a readable GPX file'), ((drive, '--gpx', tmp_path/'drive.gpx'), 'has no creation time'),
+                       ((drive, '--gpx', tmp_path/'drive.gpx', '--start', '2026-05-04T10:01:00Z'), 'outside the GPS track'),
+                       ((dated, '--gpx', tmp_path/'drive.gpx', '--start', '2026-05-04T09:00:00+02:00'), 'outside the GPS track')]:
+        r = run_gtsr('video', *args, '--geojson', tmp_path/'map.geojson', '--out', tmp_path/'none', timeout=120)
+        assert r.returncode == 1 and says in r.stderr and len(r.stderr.strip().splitlines()) == 1 and 'Traceback' not in r.stderr, (says, r.stderr)
+        assert not (tmp_path/'map.geojson').exists() and not (tmp_path/'none').exists()
 
 def test_rotated_variable_rate_and_4k_clips(drive, tmp_path):
     "Rotated by metadata: frames, sizes and boxes as displayed; a variable frame rate: times from the time stamps; 4K: read and found."
