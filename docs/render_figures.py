@@ -57,7 +57,20 @@ def operating_points() -> str:
                      f"{op['clean_recall']:.1%} / {op['clean_precision']:.1%} | {op['mean_spoiled_recall']:.1%} | {op['lowest_spoiled_precision']:.1%} |")
     return '\n'.join(lines)
 
+def classifier_attempts() -> str:
+    "One line per classifier scored on the test half (docs/figures/classifier-*.json, the metrics.json of `gtsr evaluate`, in `classifier-attempts.json`'s order)."
+    lines = ['| classifier | test half: accuracy (errors) | ECE | "not a sign" AUROC | corruptions, mean at level 3 | command |',
+             '| --- | ---: | ---: | ---: | ---: | --- |']
+    for a in load('classifier-attempts')['attempts']:
+        m = load(a['figures'])
+        auroc = m.get('sign_vs_not', {}).get('auroc')
+        mean3 = m.get('corruptions', {}).get('mean_at_middle_severity')
+        lines.append(f"| {a['name']} | {m['accuracy']:.2%} ({m['errors']}) | {m['ece']:.4f} | {'-' if auroc is None else f'{auroc:.4f}'} | "
+                     f"{'-' if mean3 is None else f'{mean3:.1%}'} | `{m.get('command', '')}` |")
+    return '\n'.join(lines)
+
 FIGURES = {
+    'classifier-attempts': classifier_attempts,
     'robustness-shipped': lambda: robustness_table('robustness-shipped'),
     'robustness-attempt10': lambda: robustness_table('robustness-attempt10'),
     'detector-attempts': detector_attempts,
