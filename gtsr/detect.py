@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from .config import FINDER_STRIDE
 from .data import N_CLASSES, ImageError, box_crops, read_image
-from .inference import Classifier, error_record, onnx_session, record_names, top_predictions
+from .inference import Classifier, error_record, give_memory_back, onnx_session, record_names, top_predictions
 from .modelfile import SHIPPED_MODELS, ModelError, verify_model
 
 # %% ../nbs/09b_detect.ipynb #743a36fe
@@ -176,7 +176,9 @@ class Detector:
     def candidates(self, img:Image.Image, # an RGB photo
                   ) -> np.ndarray:
         "The finder's candidate boxes in `img`'s pixels with their centre probability (N x 5), before the verifier and the classifier look."
-        return find_candidates(self.finder, img, self.max_boxes, zooms=self.zooms)
+        found = find_candidates(self.finder, img, self.max_boxes, zooms=self.zooms)
+        give_memory_back() # the finder's feature maps, freed; else glibc keeps them, per thread (`give_memory_back`)
+        return found
 
     def detect(self, image, # a path, bytes, a PIL image or a numpy array
                topk:int=5, # guesses kept per sign

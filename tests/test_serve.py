@@ -294,20 +294,22 @@ def test_load_2000_requests_from_32_clients(live):
     assert proc.poll() is None
 
 def test_detect_load_from_4_clients(live):
-    "100 photo requests from 4 concurrent clients: no errors, every answer in bounded time, server memory steady."
+    "200 photo requests from 4 concurrent clients: no errors, every answer in bounded time, server memory steady."
     url, proc, _ = live
     server = psutil.Process(proc.pid)
     files = [('files', ('road.jpg', SMALL_ROAD, 'image/jpeg'))]
-    _, errors = asyncio.run(drive(f'{url}/v1/detect', files, 4, 12)) # warm up
+    # Warm up the worker threads: on a 2-core machine, after the classify load above, RSS went 118 -> 139 MB over the first
+    # 200 detects, then stayed within 133-146 MB over 800 (without `give_memory_back` it climbed in steps to 203 MB).
+    _, errors = asyncio.run(drive(f'{url}/v1/detect', files, 4, 200))
     assert errors == 0
     before = server.memory_info().rss
-    latencies, errors = asyncio.run(drive(f'{url}/v1/detect', files, 4, 100))
+    latencies, errors = asyncio.run(drive(f'{url}/v1/detect', files, 4, 200))
     growth = (server.memory_info().rss - before) / 2**20
-    print(f"detect load: 100 requests of a 340x200 photo, p50 {1000 * np.median(latencies):.0f} ms, "
+    print(f"detect load: 200 requests of a 340x200 photo, p50 {1000 * np.median(latencies):.0f} ms, "
           f"p95 {1000 * np.percentile(latencies, 95):.0f} ms, server RSS {before / 2**20:.0f} MB, growth {growth:+.1f} MB")
-    assert errors == 0 and len(latencies) == 100
+    assert errors == 0 and len(latencies) == 200
     assert max(latencies) < 10, f"a detect request took {max(latencies):.1f} s"
-    assert growth < 30, f"server RSS grew by {growth:.1f} MB over 100 detect requests"
+    assert growth < 20, f"server RSS grew by {growth:.1f} MB over 200 detect requests"
     assert httpx.get(f'{url}/health', timeout=10).status_code == 200 and proc.poll() is None
 
 # --- schema fuzzing against the live OpenAPI schema
