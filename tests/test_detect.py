@@ -86,7 +86,7 @@ def test_shipped_detector_finds_and_names_real_signs(real_gtsdb, tmp_path):
             if overlaps.max() >= 0.5:
                 found += 1; named += record['signs'][int(overlaps.argmax())]['class_id'] == t.class_id
     print(f"{named} of {total} signs in {len(paths)} validation scenes found with the right name ({found} found)")
-    assert named >= 0.7 * total
+    assert named >= total - 4 # 19 of 23 in these 12 scenes (the card's 95.3% is over all 120: the next test asserts it)
     assert len(list((tmp_path/'drawn').glob('*.boxes.jpg'))) == len(paths)
 
 def test_evaluate_detector_on_the_real_validation_scenes(real_gtsdb, tmp_path):
@@ -96,7 +96,10 @@ def test_evaluate_detector_on_the_real_validation_scenes(real_gtsdb, tmp_path):
     m = json.loads(r.stdout)
     assert (m['scenes'], m['signs']) == (120, 172)
     assert (tmp_path/'eval'/'precision_recall.png').is_file() and (tmp_path/'eval'/'metrics.json').is_file()
-    assert m['recall'] >= 0.9 and m['precision'] >= 0.9 and m['ap'] >= 0.8, m
+    card = json.loads((ROOT/'docs'/'figures'/'robustness-shipped.json').read_text())['rows']
+    clean = next(r for r in card if r['corruption'] == 'none') # the model card's clean figures, same scenes, same detector
+    assert abs(m['recall'] - clean['recall']) <= 1 / 172 and abs(m['precision'] - clean['precision']) <= 0.006, (m, clean)
+    assert m['ap'] >= 0.95, m
 
 def test_evaluate_detector_under_corruptions_on_real_scenes(real_gtsdb, tmp_path):
     "`gtsr evaluate-detector --corruptions` on 15 real validation scenes: clean ones are found, the worst noise and night cost signs, the files are written."
