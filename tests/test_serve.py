@@ -28,12 +28,12 @@ ROAD, SMALL_ROAD = drawn_scene((680, 400)), drawn_scene((340, 200)) # JPEG road 
 
 @pytest.fixture(scope='module')
 def api():
-    with TestClient(create_app(MODELS/'model.pkl', 'onnx-int8')) as client: yield client
+    with TestClient(create_app(model=MODELS/'model.pkl', backend='onnx-int8')) as client: yield client
 
 @pytest.fixture(scope='module')
 def small_api():
     "An app with tight limits: 0.05 MB per request, 2 files."
-    with TestClient(create_app(MODELS/'model.pkl', 'onnx-int8', max_upload_mb=0.05, max_files=2)) as client: yield client
+    with TestClient(create_app(model=MODELS/'model.pkl', backend='onnx-int8', max_upload_mb=0.05, max_files=2)) as client: yield client
 
 def assert_refused(r, status:int, *words):
     "`r` has `status` and an ErrorResponse JSON body whose detail (or errors) mention every word."
@@ -163,16 +163,46 @@ def test_metrics_in_prometheus_format(api):
                      'verifier': ('detector-verifier.onnx', file_digest(MODELS/'detector-verifier.onnx'))}
     assert '/metrics' not in api.get('/openapi.json').json()['paths']
 
-def test_docs_and_typed_openapi_schema(api):
+def upload_body(schema:dict, path:str) -> dict:
+    "The schema of the multipart body of POST `path` (FastAPI puts it in the components)."
+    body = schema['paths'][path]['post']['requestBody']
+    assert body['required'] and list(body['content']) == ['multipart/form-data']
+    ref = body['content']['multipart/form-data']['schema']['$ref']
+    return schema['components']['schemas'][ref.rpartition('/')[2]]
+
+def test_docs_and_typed_openapi_schema(api, small_api):
+    "The schema types every answer and documents the upload body: 1 to --max-files files under `files`, and each refusal's JSON."
     assert api.get('/docs').status_code == 200 and 'swagger' in api.get('/docs').text.lower()
     schema = api.get('/openapi.json').json()
     op = schema['paths']['/v1/classify']['post']
-    assert op['requestBody']['content']['multipart/form-data']['schema']['required'] == ['files']
-    assert {'200', '400', '413', '415', '422'} <= set(op['responses'])
-    assert schema['paths']['/v1/detect']['post']['requestBody'] == op['requestBody']
+    body = upload_body(schema, '/v1/classify')
+    assert body['required'] == ['files'] and set(body['properties']) == {'files'}
+    files = body['properties']['files']
+    assert (files['type'], files['minItems'], files['maxItems']) == ('array', 1, 64) and files['items'].get('contentMediaType', files['items'].get('format')) in ('application/octet-stream', 'binary'), files
+    assert upload_body(small_api.get('/openapi.json').json(), '/v1/classify')['properties']['files']['maxItems'] == 2
+    assert {'200', '400', '408', '413', '415', '422', '503', '504'} <= set(op['responses'])
+    assert op['responses']['413']['content']['application/json']['schema']['$ref'].endswith('/ErrorResponse')
+    assert upload_body(schema, '/v1/detect')['properties'] == body['properties']
     assert {'200', '400', '413', '415', '422'} <= set(schema['paths']['/v1/detect']['post']['responses'])
     assert {'ClassifyResult', 'DetectResult', 'ErrorResponse', 'ModelInfo', 'Health'} <= set(schema['components']['schemas'])
     assert set(schema['paths']) == {'/v1/classify', '/v1/detect', '/v1/model', '/health'}
+
+def test_concurrent_requests_share_batches_and_the_batcher_stops_with_the_app():
+    "16 concurrent classify requests go through the classifier in fewer calls than requests; the batch thread ends with the app's lifespan."
+    from concurrent.futures import ThreadPoolExecutor
+    app = create_app(model=MODELS/'model.pkl', backend='onnx-int8')
+    batcher, calls = app.state.batcher, []
+    predict = batcher.predict
+    def slow(arrays): # a slower model, so that requests queue up behind each call
+        calls.append(len(arrays)); time.sleep(0.1); return predict(arrays)
+    batcher.predict = slow
+    with TestClient(app) as client:
+        thread = batcher.thread
+        assert thread.is_alive() and app.state.classifier.predict_arrays is batcher and app.state.detector.classifier is app.state.classifier
+        post = lambda i: client.post('/v1/classify', files=[('files', (f'{i}.png', STOP))]).status_code
+        with ThreadPoolExecutor(16) as pool: statuses = list(pool.map(post, range(16)))
+    assert statuses == [200] * 16 and sum(calls) == 16 and len(calls) < 16, calls
+    assert batcher.thread is None and not thread.is_alive()
 
 # --- every refusal: its status and a JSON body naming the problem
 
@@ -349,11 +379,11 @@ FLAT_BIG = png(Image.new('RGB', (7740, 7740), (90, 120, 150))) # ~189 KB that de
 
 def test_request_time_limit_is_json_504():
     "A request over `request_timeout` is answered 504 with JSON, not left hanging."
-    with TestClient(create_app(MODELS/'model.pkl', 'onnx-int8', request_timeout=0.001)) as c:
+    with TestClient(create_app(model=MODELS/'model.pkl', backend='onnx-int8', request_timeout=0.001)) as c:
         assert_refused(c.post('/v1/classify', files=[('files', ('big.png', FLAT_BIG))]), 504, 'timed out', 'request-timeout')
 
 def test_file_over_the_decode_cap_alone_is_413_naming_it():
-    with TestClient(create_app(MODELS/'model.pkl', 'onnx-int8', max_decode_mp=50)) as c:
+    with TestClient(create_app(model=MODELS/'model.pkl', backend='onnx-int8', max_decode_mp=50)) as c:
         assert_refused(c.post('/v1/detect', files=[('files', ('big.png', FLAT_BIG))]), 413, 'big.png', 'max-decode-mp')
         r = c.post('/v1/detect', files=[('files', ('big.png', FLAT_BIG)), ('files', ('road.jpg', ROAD))]) # with a file it can read
         assert r.status_code == 200, r.text
@@ -370,7 +400,7 @@ def test_text_chunk_bombs_are_refused_at_once():
     "A 2 MB request of 32 zTXt-bomb PNGs is refused (422 naming the first) within 5 s; a PNG with a few text chunks is read as usual."
     bomb = ztxt_bomb()
     files = [('files', (f'bomb{i}.png', bomb)) for i in range(32)]
-    with TestClient(create_app(MODELS/'model.pkl', 'onnx-int8')) as c:
+    with TestClient(create_app(model=MODELS/'model.pkl', backend='onnx-int8')) as c:
         start = time.time()
         r = c.post('/v1/classify', files=files)
         took = time.time() - start
@@ -383,7 +413,7 @@ def test_text_chunk_bombs_are_refused_at_once():
 def test_a_60_mp_camera_photo_is_answered():
     "A 60.2 MP camera photo (9504x6336 JPEG) is detected under the default limits, not refused as a decompression bomb (issue 32)."
     photo = png(Image.new('RGB', (9504, 6336), (90, 120, 150)), 'JPEG')
-    with TestClient(create_app(MODELS/'model.pkl', 'onnx-int8')) as c:
+    with TestClient(create_app(model=MODELS/'model.pkl', backend='onnx-int8')) as c:
         r = c.post('/v1/detect', files=[('files', ('camera.jpg', photo))])
         assert r.status_code == 200 and (r.json()[0]['width'], r.json()[0]['height']) == (9504, 6336), r.text[:500]
 
@@ -393,7 +423,7 @@ def test_decode_budget_counts_bytes_not_pixels():
     rgb = png(Image.new('RGB', (side, side), (90, 120, 150)))
     deep = png(Image.fromarray(np.full((side, side), 30000, np.uint16)))
     clear = png(Image.new('RGBA', (side, side), (90, 120, 150, 128)))
-    with TestClient(create_app(MODELS/'model.pkl', 'onnx-int8', max_decode_mp=6)) as c:
+    with TestClient(create_app(model=MODELS/'model.pkl', backend='onnx-int8', max_decode_mp=6)) as c:
         assert c.post('/v1/classify', files=[('files', ('rgb.png', rgb))]).status_code == 200
         assert_refused(c.post('/v1/classify', files=[('files', ('deep.png', deep))]), 413, 'deep.png', '28 MB', 'max-decode-mp')
         assert_refused(c.post('/v1/classify', files=[('files', ('clear.png', clear))]), 413, 'clear.png', '36 MB')
