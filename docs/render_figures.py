@@ -69,7 +69,22 @@ def classifier_attempts() -> str:
                      f"{'-' if mean3 is None else f'{mean3:.1%}'} | `{m.get('command', '')}` |")
     return '\n'.join(lines)
 
+def headline() -> str:
+    "The shipped models' headline figures, for the README: the classifier's metrics.json (`classifier-shipped`) and the detector's robustness.json (`robustness-shipped`)."
+    m, s, t = load('classifier-shipped'), summary('robustness-shipped'), _table('robustness-shipped')
+    clean = t[t.corruption == 'none'].iloc[0]
+    detector = load('robustness-shipped')
+    return '\n'.join([
+        '| shipped model | scored on | clean | under 8 common corruptions, level 3 (mean) |',
+        '| --- | --- | --- | ---: |',
+        f"| classifier (`model-int8.onnx`) | the public half of GTSRB's test set, {m['images']:,} sign crops | **{m['accuracy']:.2%}** top-1 ({m['errors']} errors); "
+        f"calibration error (ECE) {m['ece']:.4f}; sign vs not a sign AUROC {m['sign_vs_not']['auroc']:.4f} | {m['corruptions']['mean_at_middle_severity']:.1%} (of {m['corruptions']['images']:,} sampled crops) |",
+        f"| detector (`detector.onnx` + the classifier) | {detector['scenes']} GTSDB validation road scenes, {int(clean.signs)} signs | recall **{s['clean_recall']:.1%}**, "
+        f"precision **{s['clean_precision']:.1%}** (right name, IoU 0.5); AP {clean.ap:.3f} | {s['mean']:.1%} (recall) |",
+        '', f"`{m['command']}`", '', f"`{detector['command']}`"])
+
 FIGURES = {
+    'headline': headline,
     'classifier-attempts': classifier_attempts,
     'robustness-shipped': lambda: robustness_table('robustness-shipped'),
     'robustness-attempt10': lambda: robustness_table('robustness-attempt10'),

@@ -208,3 +208,20 @@ def test_figures_in_the_docs_are_rendered_from_their_json():
     "Each figure of README.md and the model card has one source: a JSON in docs/figures/ that a command wrote."
     r = subprocess.run([sys.executable, str(ROOT/'docs'/'render_figures.py'), '--check'], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
+
+def test_readme_is_short_shows_todays_app_and_no_development_paths():
+    """The README a newcomer reads: at most 250 lines, its pictures the screenshots the browser test writes (so they
+    cannot go stale), and no path of the development machine (`../shared/...`) in it, the model card, the changelog or
+    the notebooks' prose."""
+    readme = (ROOT/'README.md').read_text()
+    assert len(readme.splitlines()) <= 250, f"README.md has {len(readme.splitlines())} lines, more than 250"
+    browser_test = (ROOT/'tests'/'test_app.py').read_text()
+    shots = re.findall(r'\]\((docs/[^)\s]+\.(?:png|jpg))\)', readme)
+    assert shots, "the README shows no picture of the app"
+    for shot in shots:
+        assert (ROOT/shot).exists(), shot
+        assert f"'{Path(shot).name}'" in browser_test, f"{shot} is not written by tests/test_app.py"
+    docs = {p: p.read_text() for p in [ROOT/'README.md', ROOT/'CHANGELOG.md', ROOT/'gtsr'/'models'/'README.md'] if p.exists()}
+    for nb in sorted((ROOT/'nbs').glob('*.ipynb')):
+        docs[nb] = '\n'.join(''.join(c['source']) for c in json.loads(nb.read_text())['cells'] if c['cell_type'] == 'markdown')
+    assert not [p.relative_to(ROOT) for p, text in docs.items() if '../shared' in text]
