@@ -1,4 +1,4 @@
-"""The `gtsr` command's registry (`command`, `build_parser`, `main`), the helpers every sub-command shares, and the commands of the classifier, the API and the app: `gtsr download`, `train`, `evaluate`, `calibrate`, `predict`, `export`, `bench`, `bench-train`, `serve`, `bench-serve` and `app`, each a thin wrapper over the function of the same job in its module.
+"""The `gtsr` command's registry (`command`, `build_parser`, `main`), the helpers every sub-command shares, and the commands of the classifier, the API and the app: `gtsr download`, `train`, `evaluate`, `calibrate`, `predict`, `export`, `serve`, `bench-serve` and `app`, each a thin wrapper over the function of the same job in its module.
 
 Docs: https://gtsr.github.io/gtsr/commands.html.md"""
 
