@@ -22,17 +22,17 @@ from .detect import CROP_MARGIN, Detector, SignDetection, default_detector_path,
 from .video import VIDEO_SUFFIXES
 from .timeline import timeline_html
 from .clip_reader import read_clip
-from .modelfile import ModelError, backend_file, default_model_path, verify_model
+from .modelfile import ModelError, default_backend, default_model_path, verify_model
 
 # %% ../nbs/11_app.ipynb #3f619798
 def app_classifier(path=None, # model file (the learner); default `$GTSR_MODEL` or the shipped model
                   ) -> Classifier:
-    "The app's classifier, checksum-verified and loaded once per kernel and model file: the INT8 ONNX file beside the learner, if any."
+    "The app's classifier, checksum-verified and loaded once per kernel and model file, with `default_backend`'s choice (the INT8 ONNX file beside the learner, if any)."
     return _load_app_classifier(Path(path or default_model_path()))
 
 @functools.cache # keyed by the resolved file, so that `app_classifier()`, `app_classifier(None)` and the default path share one
 def _load_app_classifier(path:Path) -> Classifier:
-    return Classifier.load(path, 'onnx-int8' if backend_file(path, 'onnx-int8').is_file() else 'fastai', arena=False) # a photo's working memory goes back after it
+    return Classifier.load(path, default_backend(path), arena=False) # a photo's working memory goes back after it
 
 @functools.cache
 def gradcam_classifier(path=None, # model file (the learner); default `$GTSR_MODEL` or the shipped model

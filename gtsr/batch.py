@@ -16,7 +16,7 @@ from pathlib import Path
 from .config import missing_extra
 from .data import IMAGE_SUFFIXES, GtsrError, atomic_path
 from .detect import Detector, detection_records
-from .video import VIDEO_SUFFIXES
+from .video import VIDEO_SUFFIXES, video_record
 
 # %% ../nbs/10c_batch.ipynb #636d8ae2
 class BatchError(GtsrError, ValueError):
@@ -106,7 +106,6 @@ def record_row(record:dict, # a `detection_records` record, or a video's record
 # %% ../nbs/10c_batch.ipynb #ba6564fd
 def _video_record(path:str, detector:Detector) -> dict:
     "The record of a video file as `gtsr video` makes it (`gtsr.video.video_record`); a URL is copied to a local file first."
-    from gtsr.video import video_record
     if not is_url(path): return video_record(path, detector, progress=False)
     import fsspec, shutil, tempfile
     with tempfile.NamedTemporaryFile(suffix=Path(path).suffix) as local:
@@ -118,7 +117,7 @@ def file_record(detector:Detector, # the worker's detector
                 path:str, # a local path or a URL
                 videos:bool=False, # a video file goes through the tracker (`gtsr.video`)
                ) -> dict:
-    "`detection_records`' record of one file (or a video's record); any failure is the record's `error`."
+    "`detection_records`' record of one file (or a video's record); any failure of the file is the record's `error`, but not a `MemoryError`."
     try:
         if videos and Path(path).suffix.lower() in VIDEO_SUFFIXES: return _video_record(path, detector)
         if is_url(path):
@@ -126,6 +125,7 @@ def file_record(detector:Detector, # the worker's detector
             with fsspec.open(path, 'rb') as f: src = f.read()
         else: src = path
         return detection_records(detector, [src], names=[path])[0]
+    except MemoryError: raise # the worker is short of memory, whatever the file: Ray retries the task, and a row would blame the file for ever
     except Exception as e: # one bad file is its own error row, never a failed job
         return {'path': path, 'error': f"{path}: {e}" if str(path) not in str(e) else str(e)}
 
@@ -217,29 +217,38 @@ def detect_dataset(paths:list, # files to read (`batch_inputs`): local paths or 
     ray = import_ray()
     connect_ray(quiet=True)
     if not paths: raise BatchError("no files to read")
+    if workers is not None and workers < 1: raise BatchError(f"workers must be at least 1 (got {workers})")
     workers = workers or max(1, int(ray.cluster_resources().get('CPU', 1)))
-    if workers < 1: raise BatchError(f"workers must be at least 1 (got {workers})")
     items = ray.data.from_items([{'path': str(p)} for p in paths], override_num_blocks=-(-len(paths) // batch_size))
     detector, model = [p if p is None or is_url(p) else str(Path(p).absolute()) for p in (detector, model)] # the workers' working folder is not ours
     return items.map_batches(DetectFiles, fn_constructor_kwargs=dict(detector=detector, model=model, backend=backend, videos=videos),
                              compute=ray.data.ActorPoolStrategy(size=workers), batch_size=batch_size, batch_format='pyarrow', num_cpus=1)
 
 # %% ../nbs/10c_batch.ipynb #0cbc401c
-def _part_files(parts:Path) -> list[Path]: return sorted(parts.glob('part-*.parquet'))
+def _part_files(parts:Path) -> list[Path]: return sorted(parts.glob('part-*.parquet')) # oldest first: `write_part` names them by the time
+
+def _part_rows(out, # a `run_batch` output folder
+               columns:list|None=None, # the columns to read; default all
+              ):
+    "Every row of the part files under `out/parts` (pyarrow), the oldest part's first, so that the last row of a path is its newest."
+    import pyarrow as pa, pyarrow.dataset as pds
+    tables = [pds.dataset(f, schema=result_schema()).to_table(columns=columns) for f in _part_files(Path(out)/'parts')]
+    return pa.concat_tables(tables) if tables else result_schema().empty_table().select(columns or result_schema().names)
 
 def done_paths(out, # a `run_batch` output folder
               ) -> set[str]:
-    "The paths whose results the part files under `out/parts` hold."
-    import pyarrow.dataset as pds
-    files = _part_files(Path(out)/'parts')
-    return set(pds.dataset(files, schema=result_schema()).to_table(columns=['path'])['path'].to_pylist()) if files else set()
+    "The paths whose newest result in the part files under `out/parts` is a success; a file that failed is read again by the next run."
+    t = _part_rows(out, ['path', 'error'])
+    newest = dict(zip(t['path'].to_pylist(), t['error'].to_pylist())) # a later row of a path replaces an earlier one
+    return {p for p, error in newest.items() if error is None}
 
 def write_part(out, # a `run_batch` output folder
                table, # `result_schema` rows
               ) -> Path:
-    "Write `table` atomically as a new part file under `out/parts`; return it."
+    "Write `table` atomically as a new part file under `out/parts`, named by the time (UTC, to the microsecond); return it."
     import pyarrow.parquet as pq
-    path = Path(out)/'parts'/f"part-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}.parquet"
+    now = time.time()
+    path = Path(out)/'parts'/f"part-{time.strftime('%Y%m%dT%H%M%S', time.gmtime(now))}{int(now % 1 * 1e6):06d}-{uuid.uuid4().hex[:8]}.parquet"
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp: pq.write_table(table, tmp)
     return path
@@ -248,14 +257,13 @@ def write_part(out, # a `run_batch` output folder
 def batch_tables(out, # a `run_batch` output folder
                  paths:list, # the run's inputs: the tables list these, in this order
                 ) -> tuple:
-    "The `files` and `signs` tables (pyarrow) of `paths`, from the part files under `out/parts`."
-    import numpy as np, pyarrow as pa, pyarrow.compute as pc, pyarrow.dataset as pds
-    files = _part_files(Path(out)/'parts')
-    t = pds.dataset(files, schema=result_schema()).to_table() if files else result_schema().empty_table()
+    "The `files` and `signs` tables (pyarrow) of `paths`, from the part files under `out/parts`: the newest row of each path."
+    import numpy as np, pyarrow as pa, pyarrow.compute as pc
+    t = _part_rows(out)
     order = {p: i for i, p in enumerate(paths)}
-    rank = np.array([order.get(p, -1) for p in t['path'].to_pylist()], dtype=np.int64)
-    ranks, first = np.unique(rank, return_index=True) # a path written twice (two runs racing) counts once
-    t = t.take(first[ranks >= 0]).combine_chunks()
+    rank = np.array([order.get(p, -1) for p in t['path'].to_pylist()], dtype=np.int64)[::-1] # newest row first
+    ranks, newest = np.unique(rank, return_index=True) # a path written twice (a retried failure, two runs racing) counts once
+    t = t.take(len(rank) - 1 - newest[ranks >= 0]).combine_chunks()
     table = pa.table({'path': t['path'], 'width': t['width'], 'height': t['height'],
                       'signs': pc.list_value_length(t['signs']).cast(pa.int64()), 'error': t['error']})
     found, owner = pc.list_flatten(t['signs']), pc.list_parent_indices(t['signs'])
@@ -322,8 +330,8 @@ def run_batch(inputs, # files, folders, globs, lists, tables of paths (`batch_in
 
 # %% ../nbs/10c_batch.ipynb #2dc55d8c
 def _timed_run(paths:list, workers:int, **kwargs) -> dict:
-    "Run `detect_dataset` over `paths` with `workers`; its rows and when the first and the last arrived."
-    start, first, rows = time.perf_counter(), None, []
+    "Run `detect_dataset` over `paths` (at least one: `benchmark_batch` checks) with `workers`; its rows and when the first and the last arrived."
+    start, first, first_rows, rows = time.perf_counter(), None, 0, []
     for block in detect_dataset(paths, workers=workers, **kwargs).iter_batches(batch_size=None, batch_format='pyarrow'):
         if first is None: first, first_rows = time.perf_counter(), block.num_rows
         rows += block.to_pylist()
@@ -339,6 +347,7 @@ def benchmark_batch(scenes:list, # photo files (e.g. 200 GTSDB scenes)
                     batch_size:int=4, # files a worker takes at a time
                    ) -> dict:
     "Photos/s of the plain one-thread loop and of `detect_dataset` with each number of `workers`; Ray's start-up apart."
+    if not scenes: raise BatchError("no scenes to time")
     ray = import_ray()
     paths = [str(Path(p).absolute()) for p in scenes]
     plain = Detector.load(detector, model, backend, threads=1)

@@ -26,7 +26,7 @@ def add_batch(sub):
     b = sub.add_parser('batch', help='find and name the traffic signs of many photos (and videos) on a Ray cluster, into Parquet; resumable')
     b.add_argument('inputs', nargs='+', metavar='INPUT', help='files, folders, globs, text files of paths, or Parquet/CSV tables with a column of '
                    'paths; local paths or URLs (s3://...) the cluster can read')
-    b.add_argument('--out', type=Path, required=True, help='folder for files.parquet, signs.parquet and parts/; a second run skips the files done')
+    b.add_argument('--out', type=Path, required=True, help='folder for files.parquet, signs.parquet and parts/; a second run skips the files done and reads again those that failed')
     b.add_argument('--address', default=None, help="a running Ray cluster: 'auto' on one of its nodes, or HOST:6379 (not ray://: Ray Data needs a driver inside the cluster) "
                    "(default: start a local Ray for this run)")
     b.add_argument('--workers', type=int, default=None, help='detectors working at once, one CPU each (default: one per CPU of the cluster)')

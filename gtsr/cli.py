@@ -1,4 +1,4 @@
-"""`main`, the `gtsr` command: every sub-command of `gtsr.commands`, `gtsr.detect_commands`, `gtsr.video_commands` and `gtsr.batch_commands`.
+"""`main`, the `gtsr` command: every sub-command of `gtsr.commands`, `gtsr.detect_commands`, `gtsr.video_commands`, `gtsr.batch_commands` and `gtsr.bench_commands`.
 
 Docs: https://gtsr.github.io/gtsr/cli.html.md"""
 
@@ -13,6 +13,7 @@ from .commands import build_parser, main
 from . import detect_commands
 from . import video_commands
 from . import batch_commands
+from . import bench_commands
 
 # %% ../nbs/14_cli.ipynb #ca95055f
 if __name__ == '__main__': sys.exit(main())

@@ -7,8 +7,8 @@ Docs: https://gtsr.github.io/gtsr/detect.html.md"""
 # %% auto #0
 __all__ = ['SCENE_SIDE', 'SCENE_SHORT_SIDE', 'FINDER_TILE', 'CROP_MARGIN', 'DEFAULT_MIN_SCORE', 'default_detector_path',
            'finder_scale', 'finder_array', 'finder_input', 'finder_tiles', 'finder_boxes', 'box_iou',
-           'suppress_overlaps', 'SignDetection', 'find_candidates', 'Detector', 'detection_records', 'place_tags',
-           'draw_detections']
+           'suppress_overlaps', 'SignDetection', 'find_candidates', 'Detector', 'detection_records', 'label_font',
+           'place_tags', 'draw_detections']
 
 # %% ../nbs/09b_detect.ipynb #0279fa8a
 import itertools, os
@@ -221,11 +221,13 @@ def detection_records(detector:Detector, # the detector
         records.append({'path': name, 'width': img.width, 'height': img.height, 'signs': signs})
     return records
 
-# %% ../nbs/09b_detect.ipynb #093b83ed
-def _font(px:int):
-    "Pillow's own font at `px` pixels (no font file needed)."
+# %% ../nbs/09b_detect.ipynb #a4d2f7e9
+def label_font(px:int, # the letters' size in pixels
+              ):
+    "Pillow's own font at `px` pixels, the one every drawing of boxes and tags uses (no font file needed: it is in Pillow)."
     return ImageFont.load_default(size=px)
 
+# %% ../nbs/09b_detect.ipynb #093b83ed
 def _gap(a, b) -> float:
     "Distance between rectangles `a` and `b` ([x1, y1, x2, y2], ends excluded); 0 if they touch or overlap."
     return float(np.hypot(max(b[0] - a[2], a[0] - b[2], 0), max(b[1] - a[3], a[1] - b[3], 0)))
@@ -265,7 +267,7 @@ def draw_detections(image, # the photo (anything `read_image` takes)
     img = read_image(image).copy()
     draw = ImageDraw.Draw(img)
     line = max(2, round(img.width / 400))
-    font = _font(tag_px or max(14, round(min(img.width, 1.7 * img.height) / 30))) # a GTSDB frame's 1360 px: 45 px; a strip: by its height
+    font = label_font(tag_px or max(14, round(min(img.width, 1.7 * img.height) / 30))) # a GTSDB frame's 1360 px: 45 px; a strip: by its height
     _, top, _, bottom = draw.textbbox((0, 0), '0123456789', font=font)
     pad = max(2, (bottom - top) // 5)
     sizes = [(round(draw.textlength(str(n), font=font)) + 2 * pad, bottom - top + 2 * pad) for n in range(1, len(detections) + 1)]

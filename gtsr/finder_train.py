@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from .config import FINDER_STRIDE, WEIGHT_DOWNLOAD_ERRORS, DetectorConfig, TrainError, missing_weights_error
 from .data import atomic_path, gtsdb_scenes, gtsdb_split, load_gtsdb, read_image
 from .detect import SCENE_SIDE
@@ -64,7 +65,6 @@ class SceneCrops:
 
     def one(self):
         "One crop (3 x side x side float tensor, 0-255) and its boxes (K x 4, in the crop's pixels)."
-        import torch, torch.nn.functional as F
         rng, side = self.rng, self.side
         i, x0, y0, x1, y1 = self.window()
         region, b = self.scenes[i][y0:y1, x0:x1], self.boxes[i].reshape(-1, 4) - [x0, y0, x0, y0]
@@ -83,7 +83,6 @@ class SceneCrops:
     def batch(self, n:int, # crops
              ) -> tuple:
         "`n` crops as an n x 3 x side x side tensor and their boxes (a list of K x 4 arrays)."
-        import torch
         crops, boxes = zip(*[self.one() for _ in range(n)])
         return torch.stack(crops), list(boxes)
 
@@ -93,7 +92,6 @@ def finder_targets(boxes:list[np.ndarray], # per crop, its boxes (K x 4, pixels 
                    stride:int=FINDER_STRIDE, # pixels per map cell
                   ) -> tuple:
     "CenterNet targets for a batch: heat map (N x s x s), box targets (N x 4 x s x s: log w, log h, x and y offset) and their mask (N x s x s)."
-    import torch
     s = side // stride
     heat, reg, mask = torch.zeros(len(boxes), s, s), torch.zeros(len(boxes), 4, s, s), torch.zeros(len(boxes), s, s)
     yy, xx = torch.meshgrid(torch.arange(s) + 0.5, torch.arange(s) + 0.5, indexing='ij')
@@ -112,7 +110,6 @@ def finder_loss(maps, # N x 5 x s x s finder output
                 heat, reg, mask, # `finder_targets`
                ):
     "CenterNet's focal loss on the heat map plus L1 on the boxes, per sign."
-    import torch, torch.nn.functional as F
     p = torch.sigmoid(maps[:, 0]).clamp(1e-4, 1 - 1e-4)
     centre = heat.eq(1).float()
     focal = -(torch.log(p) * (1 - p) ** 2 * centre + torch.log(1 - p) * p ** 2 * (1 - heat) ** 4 * (1 - centre)).sum()

@@ -6,8 +6,8 @@ Docs: https://gtsr.github.io/gtsr/modelfile.html.md"""
 
 # %% auto #0
 __all__ = ['MANIFEST', 'SHIPPED_MODELS', 'BACKENDS', 'DEFAULT_THRESHOLD', 'RETIRED_TRANSFORMS', 'ModelError',
-           'default_model_path', 'backend_file', 'ManifestEntry', 'record_in_manifest', 'verify_model',
-           'update_manifest_entry', 'ModelMeta', 'load_learner_verified']
+           'default_model_path', 'backend_file', 'default_backend', 'ManifestEntry', 'record_in_manifest',
+           'verify_model', 'update_manifest_entry', 'ModelMeta', 'load_learner_verified']
 
 # %% ../nbs/06_modelfile.ipynb #977fdeb4
 import json, os, pickle
@@ -38,6 +38,14 @@ def backend_file(path, # the learner (or an ONNX file itself)
     if backend not in BACKENDS: raise ModelError(f"Unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}.")
     if backend == 'fastai' or path.suffix == '.onnx': return path
     return path.with_name(path.stem + ('-int8' if backend == 'onnx-int8' else '') + '.onnx')
+
+# %% ../nbs/06_modelfile.ipynb #5b8e0c41
+def default_backend(path, # the learner (or an ONNX file itself)
+                   ) -> str:
+    "The backend to use for the model at `path` when none is asked for: 'onnx-int8' if its file exists, else 'onnx' if that exists, else 'fastai'."
+    path = Path(path)
+    if path.suffix == '.onnx': return 'onnx-int8' if path.stem.endswith('-int8') else 'onnx'
+    return next((b for b in ('onnx-int8', 'onnx') if backend_file(path, b).is_file()), 'fastai')
 
 # %% ../nbs/06_modelfile.ipynb #1c927370
 class ManifestEntry(TypedDict):

@@ -18,7 +18,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, ImageDraw
 from .data import CLASS_NAMES, atomic_path, widened_crop
-from .detect import CROP_MARGIN, Detector, SignDetection, _font, box_iou
+from .detect import CROP_MARGIN, Detector, SignDetection, box_iou, label_font, place_tags
 from .signmap import TRAFFIC_SIGNS
 from .video_io import (VIDEO_SUFFIXES, THUMBNAIL, Frame, VideoError, VideoWriter, exact_rate, missing_frames, # reading and writing
                            read_video_info, video_frames, write_frames) # video (`gtsr.video_io`), also importable from here
@@ -286,11 +286,10 @@ def draw_tracks(a:np.ndarray, # H x W x 3 uint8 RGB frame
                 colour:str='#ffd400', # box and tag colour
                ) -> np.ndarray:
     "A copy of the frame with each sign boxed and tagged '#track name' (tags placed clear of the boxes by `place_tags`)."
-    from gtsr.detect import place_tags
     img = Image.fromarray(a)
     if not tracks: return a
     draw = ImageDraw.Draw(img)
-    line, font = max(2, round(img.width / 500)), _font(max(12, round(min(img.width, 1.7 * img.height) / 60)))
+    line, font = max(2, round(img.width / 500)), label_font(max(12, round(min(img.width, 1.7 * img.height) / 60)))
     labels = [f"#{tid} {name}" for tid, name, _ in tracks]
     sizes = [(round(draw.textlength(t, font=font)) + 6, round(font.size * 1.25)) for t in labels]
     boxes = [[x1 - line, y1 - line, x2 + line + 1, y2 + line + 1] for _, _, (x1, y1, x2, y2) in tracks]

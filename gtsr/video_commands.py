@@ -14,7 +14,7 @@ from pathlib import Path
 from .commands import command, expand_inputs, one_line
 from .data import GtsrError
 from .detect_commands import add_detector_options
-from .video import VIDEO_SUFFIXES
+from .video import VIDEO_SUFFIXES, video_record, write_video_outputs
 
 # %% ../nbs/13c_video_commands.ipynb #58e4de4c
 def positive_int(text:str) -> int:
@@ -70,7 +70,6 @@ def _video(args):
     from functools import partial
     from gtsr.detect import Detector
     from gtsr.signmap import GpsTrack, locate_signs, video_starts, write_geojson
-    from gtsr.video import video_record, write_video_outputs
     if args.gpx is None and (args.geojson or args.start):
         raise GtsrError(f"{'--geojson' if args.geojson else '--start'} needs --gpx: the GPS track that places the signs")
     paths = expand_inputs(args.paths, VIDEO_SUFFIXES)

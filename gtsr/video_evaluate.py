@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import NamedTuple
 import numpy as np
 from PIL import Image
-from .data import atomic_path, read_image
+from .data import atomic_path, gtsdb_scenes, gtsdb_split, load_gtsdb, read_image
 from .detect import Detector, box_iou
-from .video import VideoError, read_video_info, track_frames, write_frames
+from .video import VideoError, read_video_info, track_frames, video_frames, write_frames
 
 # %% ../nbs/10b_video_evaluate.ipynb #ee8dca06
 DRIVE_SIZE = (1280, 720) # every frame's size
@@ -65,7 +65,6 @@ def drive_scenes(gtsdb, # GTSDB folder
                  with_signs:bool=False, # only scenes that have signs
                 ) -> list[tuple]:
     "(scene path, its `load_gtsdb` rows) of the scenes a drive is made of, in file order."
-    from gtsr.data import gtsdb_scenes, gtsdb_split, load_gtsdb
     if side not in ('train', 'valid'): raise ValueError(f"side must be 'train' or 'valid', not {side!r}")
     table = gtsdb_split(gtsdb_scenes(gtsdb))[side == 'valid']
     if with_signs: table = table[table.signs > 0]
@@ -177,7 +176,6 @@ def repeat_video(src, # a video file
                  seconds:float, # length of the result
                 ) -> Path:
     "Write `src` again and again (re-encoded) to `dest` until it lasts `seconds`: a long clip for memory checks."
-    from gtsr.video import video_frames
     info = read_video_info(src)
     n = round(seconds * info.fps)
     def frames():
@@ -196,7 +194,7 @@ signs, frames, read = [], 0, 0
 for tf in track_frames(video, Detector.load(detector or None, model or None), stride=int(stride) or None, signs=signs):
     frames += 1; read += tf.linked is not None
 peak = next((int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM:')), None) # this program's own peak, in KB
-print(json.dumps(dict(frames=frames, read=read, signs=sum(len(t.sightings) >= 2 for t in signs), peak_kb=peak)))"""
+print(json.dumps(dict(frames=frames, read=read, signs=len(signs), peak_kb=peak)))"""
 
 def benchmark_video(video, # a video file (a simulated drive: `write_drive`)
                     detector=None, # finder ONNX file; default the shipped detector

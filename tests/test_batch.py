@@ -147,8 +147,24 @@ def test_a_run_killed_half_way_resumes_on_a_cluster(archive, cluster, local_run,
     assert table == full_table
     key = lambda rows: [(s['path'], s['x1'], s['y1'], s['x2'], s['y2'], s['class_id'], s['name']) for s in rows]
     assert key(signs) == key(full_signs)
-    again = run_gtsr(*args, env=CLUSTER_ENV, timeout=120) # everything done: Ray is not even reached
-    assert f"({0} read now, {len(files)} done before)" in again.stdout, again.stdout
+    again = run_gtsr(*args, env=CLUSTER_ENV, timeout=120) # only the three files that failed are read again
+    assert f"(3 read now, {len(files) - 3} done before)" in again.stdout, again.stdout
+    assert _tables(out)[0] == full_table
+
+def test_a_file_that_failed_is_read_again_by_the_next_run(archive, cluster, tmp_path):
+    "A file that could not be read (not there yet, as after a network time-out) is read again by the next run, once it is there; its signs replace its error. On the cluster: one Ray for both runs."
+    scene, late = sorted((archive/'scenes').glob('*.jpg'))[0], tmp_path/'late.jpg'
+    (tmp_path/'list.txt').write_text(f"{scene}\n{late}\n")
+    out, args = tmp_path/'out', ['batch', tmp_path/'list.txt', '--out', tmp_path/'out', '--address', cluster, '--workers', 1, '--quiet']
+    r = run_gtsr(*args, env=CLUSTER_ENV, timeout=300)
+    assert r.returncode == 0 and '2 files (2 read now, 0 done before)' in r.stdout and '1 files could not be read' in r.stdout, (r.stdout, r.stderr)
+    assert _tables(out)[0][1]['error'] == f"{late}: no such file"
+    shutil.copy(scene, late)
+    r = run_gtsr(*args, env=CLUSTER_ENV, timeout=300)
+    assert r.returncode == 0 and '2 files (1 read now, 1 done before)' in r.stdout and '0 files could not be read' in r.stdout, (r.stdout, r.stderr)
+    table, signs = _tables(out)
+    assert table[1] == {**table[0], 'path': str(late)} and table[1]['signs'] > 0 # the same photo, the same signs
+    assert [s['path'] for s in signs].count(str(late)) == table[1]['signs']
 
 def test_dead_address_and_unwritable_out_fail_fast_before_ray(tmp_path):
     "`--address` where no Ray listens: a one-line error well within 30 s (Ray retried for ever); an `--out` that cannot be written: refused before Ray starts. No traceback, no Ray."

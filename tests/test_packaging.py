@@ -149,7 +149,9 @@ def test_wheel_with_base_dependencies_from_the_index_runs_predict_detect_serve_a
     r = run('predict', '--backend', 'onnx-int8', '--json', 'sign.png')
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads(r.stdout)[0]['predictions'][0]['name']
-    r = run('predict', 'sign.png') # the default backend is fastai: the training extra
+    r = run('predict', 'sign.png') # the default backend is the shipped INT8 ONNX file, which the base install runs
+    assert r.returncode == 0 and 'sign.png' in r.stdout, r.stderr[-3000:]
+    r = run('predict', '--backend', 'fastai', 'sign.png') # the fastai learner is the training extra's
     assert r.returncode == 1 and 'gtsr predict: error: this needs the training extra: pip install "gtsr[train]"' in r.stderr, r.stderr[-3000:]
     assert 'Traceback' not in r.stderr and '--backend onnx-int8' in r.stderr
     r = run('detect', 'scene.png', '--json')
