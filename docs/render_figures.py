@@ -83,12 +83,25 @@ def headline() -> str:
         f"precision **{s['clean_precision']:.1%}** (right name, IoU 0.5); AP {clean.ap:.3f} | {s['mean']:.1%} (recall) |",
         '', f"`{m['command']}`", '', f"`{detector['command']}`"])
 
+def detector_shipped() -> str:
+    "The shipped detector's clean figures on the validation scenes (docs/figures/detector-shipped.json, the metrics.json of `gtsr evaluate-detector`)."
+    m = load('detector-shipped')
+    sizes = ' / '.join(f"{m[f'recall {s}']:.1%} of {m[f'signs {s}']}" for s in ('small (<32 px)', 'medium (32-64 px)', 'large (>=64 px)'))
+    return '\n'.join([f"| at IoU >= 0.5, reported from score {m['min_score']} | right name | any name |", '| --- | ---: | ---: |',
+                      f"| recall (signs found) | **{m['recall']:.1%}** | {m['recall_any_name']:.1%} |",
+                      f"| precision (reported signs that are real) | **{m['precision']:.1%}** | {m['precision_any_name']:.1%} |",
+                      f"| average precision (torchmetrics, pycocotools backend; all scores) | **{m['ap']:.3f}** | {m['ap_any_name']:.3f} |",
+                      f"| recall, signs under 32 px / 32-64 px / 64 px and more | {sizes} | |",
+                      f"| false alarms per scene (wrong name counted too) | {m['false_alarms_per_scene']:.3f} ({round(m['false_alarms_per_scene'] * m['scenes'])} in {m['scenes']} scenes) | |",
+                      '', f"`{m['command']}`"])
+
 FIGURES = {
     'headline': headline,
     'classifier-attempts': classifier_attempts,
     'robustness-shipped': lambda: robustness_table('robustness-shipped'),
     'robustness-attempt10': lambda: robustness_table('robustness-attempt10'),
     'detector-attempts': detector_attempts,
+    'detector-shipped': detector_shipped,
     'operating-points': operating_points,
 }
 
