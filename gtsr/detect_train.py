@@ -15,7 +15,8 @@ from .data import atomic_path
 from .detect import Detector
 from .detect_evaluate import evaluate_detector
 from .detect_robustness import choose_operating_point
-from .finder_train import DetectorRun, _run_record, train_finder
+from .finder_train import _run_record, train_finder
+from .torch_run import DetectorRun
 from .modelfile import default_model_path, record_in_manifest, update_manifest_entry, verify_model
 from .verifier_train import train_verifier, verifier_network
 
