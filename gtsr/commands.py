@@ -286,7 +286,7 @@ def _bench(args):
     if not default_detector_path().is_file(): return print(f"no detector at {default_detector_path()}: per-scene latency not measured")
     scenes = None
     if args.gtsdb:
-        from gtsr.data import gtsdb_scenes, gtsdb_split
+        from gtsr.gtsdb import gtsdb_scenes, gtsdb_split
         scenes = list(gtsdb_split(gtsdb_scenes(args.gtsdb))[1].path[:20])
     b = benchmark_detector(Detector.load(threads=args.threads), scenes)
     print(f"detector: median {b['median_seconds']:.3f} s, 90th percentile {b['p90_seconds']:.3f} s per {b['size']} photo "
@@ -308,7 +308,7 @@ def _bench_video(args):
 
 def _bench_batch(args):
     from gtsr.batch import benchmark_batch, format_batch_benchmark
-    from gtsr.data import gtsdb_scenes
+    from gtsr.gtsdb import gtsdb_scenes
     if not args.gtsdb: raise GtsrError('gtsr bench --batch times 200 GTSDB scenes: pass --gtsdb FOLDER (an extracted GTSDB)')
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} before the run")
     print(format_batch_benchmark(benchmark_batch(list(gtsdb_scenes(args.gtsdb).path[:200]))))

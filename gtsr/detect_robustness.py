@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 from .config import OWN_CORRUPTIONS, SCENE_CORRUPTIONS
-from .data import atomic_path, gtsdb_scenes, gtsdb_split, load_gtsdb, read_image
+from .data import atomic_path, read_image
+from .gtsdb import gtsdb_scenes, gtsdb_split, load_gtsdb
 from .detect import Detector, draw_detections
 from .detect_evaluate import average_precision, choose_min_score, match_detections, operating_point, scene_detections
 from .inference import Classifier
@@ -177,7 +178,7 @@ def robustness_examples(gtsdb, # GTSDB folder
                        ):
     "A figure of one validation scene clean and under each corruption, with the detector's reported signs boxed and counted."
     import matplotlib.pyplot as plt
-    from gtsr.data import gtsdb_scenes, gtsdb_split, load_gtsdb
+    from gtsr.gtsdb import gtsdb_scenes, gtsdb_split, load_gtsdb
     from gtsr.detect_evaluate import sign_boxes
     detector = detector or Detector.load()
     scenes, signs = gtsdb_split(gtsdb_scenes(gtsdb))[1], load_gtsdb(gtsdb)

@@ -21,8 +21,9 @@ import matplotlib
 import matplotlib.pyplot as plt
 import seaborn as sns
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, roc_auc_score, roc_curve
-from .data import (CLASS_NAMES, N_CLASSES, NOT_A_SIGN, DatasetError, file_digest, gtsdb_crops, image_cache, load_gtsrb,
+from .data import (CLASS_NAMES, N_CLASSES, NOT_A_SIGN, DatasetError, file_digest, image_cache, load_gtsrb,
                        read_image, track_split)
+from .gtsdb import gtsdb_crops
 from .inference import Classifier
 from .modelfile import BACKENDS, ModelError, update_manifest_entry, verify_model
 from .weather import LEVELS, corrupt_images

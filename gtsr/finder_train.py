@@ -14,7 +14,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 from .config import FINDER_STRIDE, WEIGHT_DOWNLOAD_ERRORS, DetectorConfig, TrainError, missing_weights_error
-from .data import gtsdb_scenes, gtsdb_split, load_gtsdb, read_image
+from .data import read_image
+from .gtsdb import gtsdb_scenes, gtsdb_split, load_gtsdb
 from .detect import SCENE_SIDE
 from .detect_evaluate import sign_boxes
 from .model import freeze_batchnorm, from_onnx, signfinder, to_onnx

@@ -28,7 +28,8 @@ from fastai.vision.all import (Callback, DataLoaders, IntToFloatTensor, LabelSmo
                                aug_transforms, distrib_barrier, imagenet_stats, load_model, num_distrib, rank_distrib,
                                save_model, set_seed, vision_learner)
 from .config import SHIPPED_RECIPE, WEIGHT_DOWNLOAD_ERRORS, TrainConfig, TrainError, missing_weights_error
-from .data import CLASS_NAMES, N_CLASSES, NOT_A_SIGN, atomic_path, gtsdb_crops, image_cache, load_gtsrb, track_split
+from .data import CLASS_NAMES, N_CLASSES, NOT_A_SIGN, atomic_path, image_cache, load_gtsrb, track_split
+from .gtsdb import gtsdb_crops
 from .weather import random_spoil, spoiled_copies
 from .model import Committee, ContrastNorm, ResidualBlock, signnet # also the names older learner pickles refer to
 from .modelfile import ModelMeta, load_learner_verified, record_in_manifest, verify_model

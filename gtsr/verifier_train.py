@@ -16,7 +16,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 from .config import DetectorConfig, TrainError
-from .data import DatasetError, box_crops, gtsdb_scenes, gtsdb_split, image_cache, load_gtsdb, load_gtsrb, read_image
+from .data import DatasetError, box_crops, image_cache, load_gtsrb, read_image
+from .gtsdb import gtsdb_scenes, gtsdb_split, load_gtsdb
 from .detect import CROP_MARGIN, box_iou, find_candidates
 from .detect_evaluate import sign_boxes
 from .finder_train import _run_record

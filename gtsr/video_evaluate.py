@@ -65,7 +65,7 @@ def drive_scenes(gtsdb, # GTSDB folder
                  with_signs:bool=False, # only scenes that have signs
                 ) -> list[tuple]:
     "(scene path, its `load_gtsdb` rows) of the scenes a drive is made of, in file order."
-    from gtsr.data import gtsdb_scenes, gtsdb_split, load_gtsdb
+    from gtsr.gtsdb import gtsdb_scenes, gtsdb_split, load_gtsdb
     if side not in ('train', 'valid'): raise ValueError(f"side must be 'train' or 'valid', not {side!r}")
     table = gtsdb_split(gtsdb_scenes(gtsdb))[side == 'valid']
     if with_signs: table = table[table.signs > 0]
