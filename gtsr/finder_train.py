@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 import numpy as np
 import torch
-import torch.nn as nn
 from .config import FINDER_STRIDE, WEIGHT_DOWNLOAD_ERRORS, DetectorConfig, TrainError, missing_weights_error
 from .data import read_image
 from .gtsdb import gtsdb_scenes, gtsdb_split, load_gtsdb
