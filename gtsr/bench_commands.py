@@ -11,7 +11,8 @@ __all__ = ['add_bench', 'add_bench_train']
 import os, platform, sys
 from pathlib import Path
 from .commands import command, markdown_table
-from .data import GtsrError, gtsdb_scenes, gtsdb_split
+from .data import GtsrError
+from .gtsdb import gtsdb_scenes, gtsdb_split
 from .modelfile import BACKENDS
 
 # %% ../nbs/13e_bench_commands.ipynb #9a4d0e7b

@@ -157,7 +157,7 @@ def add_evaluate(sub):
     e.set_defaults(run=_evaluate)
 
 def _calibrate(args):
-    from gtsr.evaluate import calibrate
+    from gtsr.thresholds import calibrate
     c = calibrate(args.model, args.data)
     print(f"temperature {c['temperature']:g}, 'not sure' below {c['confidence_threshold']:.3f}, from {c['validation_images']:,} validation images: "
           f"ECE {c['ece_before']:.4f} -> {c['ece_after']:.4f}; recorded in {Path(c['model']).parent/'manifest.json'}. "

@@ -13,7 +13,8 @@ import json, time
 from pathlib import Path
 import numpy as np
 import pandas as pd
-from .data import CLASS_NAMES, atomic_path, gtsdb_scenes, gtsdb_split, load_gtsdb, read_image
+from .data import CLASS_NAMES, atomic_path, read_image
+from .gtsdb import gtsdb_scenes, gtsdb_split, load_gtsdb
 from .detect import Detector, SignDetection, box_iou
 
 # %% ../nbs/09c_detect_evaluate.ipynb #ca303b7b

@@ -1,4 +1,4 @@
-"""`train_detector`: the stages of a detector's training, as one `DetectorConfig` says, each checkpointed and resumable: the finder (`gtsr.finder_train`), the verifier on what the finder proposes (`gtsr.verifier_train`), then the zooms and the reporting threshold chosen on the clean and spoiled validation scenes (`gtsr.detect_robustness.choose_operating_point`), all recorded in the manifest (`gtsr train-detector`).
+"""`train_detector`: the stages of a detector's training, as one `DetectorConfig` says, each checkpointed and resumable: the finder (`gtsr.finder_train`), the verifier on what the finder proposes (`gtsr.verifier_train`), then the zooms and the reporting threshold chosen on the clean and spoiled validation scenes (`gtsr.thresholds.choose_operating_point`), all recorded in the manifest (`gtsr train-detector`).
 
 Docs: https://gtsr.github.io/gtsr/detect_train.html.md"""
 
@@ -14,8 +14,9 @@ from .config import DetectorConfig, TrainError
 from .data import atomic_path
 from .detect import Detector
 from .detect_evaluate import evaluate_detector
-from .detect_robustness import choose_operating_point
-from .finder_train import DetectorRun, _run_record, train_finder
+from .thresholds import choose_operating_point
+from .finder_train import _run_record, train_finder
+from .torch_run import DetectorRun
 from .modelfile import default_model_path, record_in_manifest, update_manifest_entry, verify_model
 from .verifier_train import train_verifier, verifier_network
 

@@ -13,7 +13,8 @@ __all__ = ['OFFICIAL_ARCHIVES', 'KAGGLE_DATASET', 'KAGGLE_ARCHIVE', 'OFFICIAL_UR
 import json, os, shutil, socket, urllib.error, urllib.request, zipfile
 from pathlib import Path
 from tqdm.auto import tqdm
-from .data import DatasetError, GtsrError, atomic_path, default_data_dir, file_digest, gtsdb_scenes, load_gtsdb, load_gtsrb
+from .data import DatasetError, GtsrError, atomic_path, default_data_dir, file_digest, load_gtsrb
+from .gtsdb import gtsdb_scenes, load_gtsdb
 
 # %% ../nbs/01_download.ipynb #b7025248
 OFFICIAL_ARCHIVES = {'train': 'GTSRB_Final_Training_Images.zip', 'test': 'GTSRB_Final_Test_Images.zip',

@@ -61,7 +61,7 @@ class Classifier:
     def load(cls, path=None, # model file; default `default_model_path()`
              backend:str='fastai', # one of `BACKENDS`
              threads:int|None=None, # CPU threads for the ONNX backends; default all cores
-             device:str|None=None, # fastai backend: cuda, mps or cpu; default the best present (`gtsr.train.torch_device`)
+             device:str|None=None, # fastai backend: cuda, mps or cpu; default the best present (`gtsr.torch_run.torch_device`)
              arena:bool=True, # ONNX backends: keep onnxruntime's memory arena (`onnx_session`)
             ) -> 'Classifier':
         "Verify and load the model at `path` for `backend`."
@@ -70,7 +70,7 @@ class Classifier:
         if backend == 'fastai':
             import torch
             from gtsr.model import ModelInput
-            from gtsr.train import torch_device
+            from gtsr.torch_run import torch_device
             device = torch_device(device)
             learn = load_learner_verified(path)
             meta = learn.gtsr

@@ -16,14 +16,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 from .config import DetectorConfig, TrainError
-from .data import DatasetError, box_crops, gtsdb_scenes, gtsdb_split, image_cache, load_gtsdb, load_gtsrb, read_image
+from .data import DatasetError, box_crops, image_cache, load_gtsrb, read_image
+from .gtsdb import gtsdb_scenes, gtsdb_split, load_gtsdb
 from .detect import CROP_MARGIN, box_iou, find_candidates
 from .detect_evaluate import sign_boxes
-from .finder_train import DetectorRun, Stepper, _run_record, training_device
+from .finder_train import _run_record
 from .inference import onnx_session
 from .model import ModelInput, freeze_batchnorm, from_onnx, signnet, to_onnx
 from .modelfile import load_learner_verified, record_in_manifest, verify_model
 from .paste import SignBank, paste_signs
+from .torch_run import DetectorRun, Stepper, training_device
 from .weather import random_spoil
 
 # %% ../nbs/09f_verifier_train.ipynb #e652c147

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import NamedTuple
 import numpy as np
 from PIL import Image
-from .data import atomic_path, gtsdb_scenes, gtsdb_split, load_gtsdb, read_image
+from .data import atomic_path, read_image
+from .gtsdb import gtsdb_scenes, gtsdb_split, load_gtsdb
 from .detect import Detector, box_iou
 from .video import VideoError, read_video_info, track_frames, video_frames, write_frames
 

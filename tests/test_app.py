@@ -134,7 +134,7 @@ def real_gtsdb(tmp_path_factory):
 
 def real_background(folder, tmp_path) -> Path:
     "A 96 px square of a GTSDB validation scene with no sign in it, saved as PNG."
-    from gtsr.data import background_boxes, gtsdb_scenes, gtsdb_split, load_gtsdb
+    from gtsr.gtsdb import background_boxes, gtsdb_scenes, gtsdb_split, load_gtsdb
     signs, (_, valid) = load_gtsdb(folder), gtsdb_split(gtsdb_scenes(folder))
     box = background_boxes(valid.iloc[:1], signs, per_scene=1, sizes=(96, 97), seed=3).iloc[0]
     out = tmp_path/'road.png'
@@ -157,7 +157,7 @@ def test_app_tells_a_real_sign_from_a_real_road_scene(browser, app_url, optional
 def test_app_boxes_and_names_the_signs_of_a_real_road_photo(browser, app_url, real_gtsdb, tmp_path):
     """A real validation scene (the first with one sign at least 40 px wide): its sign is boxed and named; the first
     sign-free validation scene says 'No traffic sign found'; a 12-megapixel version of the scene is answered too."""
-    from gtsr.data import gtsdb_scenes, gtsdb_split, load_gtsdb
+    from gtsr.gtsdb import gtsdb_scenes, gtsdb_split, load_gtsdb
     ARTIFACTS.mkdir(exist_ok=True)
     signs, (_, valid) = load_gtsdb(real_gtsdb), gtsdb_split(gtsdb_scenes(real_gtsdb))
     one = signs[signs.path.isin(valid.query('signs == 1').path) & (signs.x2 - signs.x1 >= 40)].sort_values('path').iloc[0]
@@ -234,10 +234,10 @@ def road_photo(tmp_path) -> Path:
     (default ../data/gtsdb), else the drawn scene in which the shipped detector finds the most signs (skips if none)."""
     folder = Path(os.environ.get('GTSR_GTSDB', ROOT.parent/'data'/'gtsdb'))
     if (folder/'TrainIJCNN2013').is_dir():
-        from gtsr.data import gtsdb_scenes, gtsdb_split
+        from gtsr.gtsdb import gtsdb_scenes, gtsdb_split
         valid = gtsdb_split(gtsdb_scenes(folder))[1]
         return Path(valid.assign(neg=-valid.signs).sort_values(['neg', 'path']).path.iloc[0])
-    from gtsr.data import gtsdb_scenes
+    from gtsr.gtsdb import gtsdb_scenes
     from gtsr.detect import Detector
     from gtsr.synthetic import make_synthetic_gtsdb
     detector = Detector.load()

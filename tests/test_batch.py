@@ -16,7 +16,8 @@ def _scene_sources() -> list[tuple[str, bytes]]:
         with zipfile.ZipFile(archive) as z:
             names = sorted(n for n in z.namelist() if n.lower().endswith('.jpg'))[:N_SCENES]
             return [(Path(n).name, z.read(n)) for n in names]
-    from gtsr.data import DatasetError, gtsdb_folder
+    from gtsr.data import DatasetError
+    from gtsr.gtsdb import gtsdb_folder
     try: folder = gtsdb_folder()
     except DatasetError: pytest.skip(f"needs real GTSDB scenes: no mirror at {GTSDB_MIRROR} (set GTSR_GTSDB_MIRROR) and no $GTSR_GTSDB folder")
     return [(p.name, p.read_bytes()) for p in sorted(folder.glob('*.jpg'))[:N_SCENES]]

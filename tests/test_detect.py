@@ -68,7 +68,7 @@ def test_detect_refuses_a_changed_detector(tmp_path):
 
 def test_shipped_detector_finds_and_names_real_signs(real_gtsdb, tmp_path):
     "`gtsr detect` on real validation scenes: most signs boxed (IoU >= 0.5) with the right name, boxes drawn with --out."
-    from gtsr.data import gtsdb_scenes, gtsdb_split, load_gtsdb
+    from gtsr.gtsdb import gtsdb_scenes, gtsdb_split, load_gtsdb
     from gtsr.detect import box_iou
     signs, (_, valid) = load_gtsdb(real_gtsdb), gtsdb_split(gtsdb_scenes(real_gtsdb))
     paths = list(valid.query('signs > 0').path[:12])
@@ -119,7 +119,7 @@ def test_evaluate_detector_under_corruptions_on_real_scenes(real_gtsdb, tmp_path
 def test_a_strip_keeps_its_signs(real_gtsdb, tmp_path):
     """A 20000x200 strip made of one road photo's band of signs, repeated: what `gtsr detect` finds in the band alone
     (1360x200) it finds in every copy, instead of shrinking the strip to 1360x14 and losing them all."""
-    from gtsr.data import gtsdb_scenes, gtsdb_split, load_gtsdb
+    from gtsr.gtsdb import gtsdb_scenes, gtsdb_split, load_gtsdb
     signs, (_, valid) = load_gtsdb(real_gtsdb), gtsdb_split(gtsdb_scenes(real_gtsdb))
     for path in valid.query('signs >= 2').path:
         rows = signs[signs.path == path]

@@ -3,7 +3,8 @@ import functools, http.server, json, os, shutil, signal, subprocess, sys, thread
 from pathlib import Path
 import pytest
 from conftest import ROOT, run_gtsr, start_gtsr_interruptible
-from gtsr.data import DatasetError, gtsdb_scenes, gtsdb_split, load_gtsdb, load_gtsrb, track_split
+from gtsr.data import DatasetError, load_gtsrb, track_split
+from gtsr.gtsdb import gtsdb_scenes, gtsdb_split, load_gtsdb
 from gtsr.download import COMPLETE_MARKER, GTSDB_ARCHIVE, OFFICIAL_ARCHIVES, download_gtsdb
 from gtsr.synthetic import make_synthetic_archives, make_synthetic_gtsdb_archive
 from gtsr.data import file_digest

@@ -137,7 +137,7 @@ def test_two_processes_train_one_model_through_accelerate(synthetic_data, tmp_pa
                        capture_output=True, text=True, timeout=600, env={**os.environ, 'GTSR_CACHE': str(tmp_path/'cache')})
     assert r.returncode == 0, r.stderr[-3000:]
     import torch
-    from gtsr.train import precision_of
+    from gtsr.torch_run import precision_of
     assert f"Training signnet on cpu in {precision_of(torch.device('cpu'))}, 2 processes" in r.stdout # bf16 where the CPU computes in it
     assert r.stdout.count('model:') == 2, "both processes finish, after process 0 exported the model"
     from gtsr.modelfile import load_learner_verified
