@@ -33,6 +33,7 @@ class Sighting(NamedTuple):
     probability: float
     score: float
 
+# %% ../nbs/10_video.ipynb #b4f28a06
 class TrackedSign(NamedTuple):
     "One physical sign: every frame the detector saw it in."
     track_id: int
@@ -60,6 +61,7 @@ def box_similarity(spec:str, # 'iou', 'giou', 'diou', 'ciou' or 'biou:R' (boxes 
     if name not in kinds: raise ValueError(f"unknown box similarity {spec!r}: expected iou, giou, diou, ciou or biou:R")
     return kinds[name]()
 
+# %% ../nbs/10_video.ipynb #728951c3
 TRACKER_SETTINGS = dict(iou='diou', minimum_iou_threshold=-0.3, lost_track_buffer=30, minimum_consecutive_frames=2,
                         track_activation_threshold=0.6, high_conf_det_threshold=0.5) # tuned on the training drives (`10b_video_evaluate`)
 
@@ -137,6 +139,7 @@ def detector_stride(fps:float, # the video's frame rate
     "How many frames apart the detector reads (at least 1)."
     return max(1, round(fps * seconds))
 
+# %% ../nbs/10_video.ipynb #f1ac9759
 def _frames_of(source, fps:float) -> Iterator[Frame]:
     "`Frame`s from a path (`video_frames`) or from an iterable of arrays/PIL images at `fps`."
     if isinstance(source, (str, Path)): yield from video_frames(source); return
@@ -162,6 +165,7 @@ class TrackedFrame(NamedTuple):
     linked: list|None # (track_id, SignDetection) pairs
     confirmed: list = () # (track_id, `Sighting`) of each track confirmed at this frame: its first sighting, at an earlier detector frame
 
+# %% ../nbs/10_video.ipynb #6b6b144e
 def track_frames(source, # a video file, or an iterable of H x W x 3 uint8 RGB frames (a webcam, a list of images)
                  detector:Detector, # the detector
                  fps:float|None=None, # frames per second; default the video's (25 for an iterable)
@@ -188,6 +192,7 @@ def track_frames(source, # a video file, or an iterable of H x W x 3 uint8 RGB f
         yield TrackedFrame(f, linked, tracker.confirmed if linked is not None else ())
     signs += tracker.finish()
 
+# %% ../nbs/10_video.ipynb #db6fe7be
 def track_signs(source, # a video file, or an iterable of H x W x 3 uint8 RGB frames (a webcam, a list of images)
                 detector:Detector|None=None, # default `Detector.load()`
                 fps:float|None=None, # frames per second; default the video's (25 for an iterable)

@@ -34,6 +34,7 @@ class DriveFrame(NamedTuple):
     pixels: np.ndarray # 720 x 1280 x 3 uint8
     signs: list # (sign_id, class_id, [x1, y1, x2, y2]) of each sign in the frame
 
+# %% ../nbs/10b_video_evaluate.ipynb #7d69f88a
 def _crop_box(size:tuple, t:float, shake:np.ndarray) -> tuple:
     "The crop (x0, y0, width, height) of a scene of `size` at share `t` (0-1) of its time."
     w, h = size
@@ -42,6 +43,7 @@ def _crop_box(size:tuple, t:float, shake:np.ndarray) -> tuple:
     cx, cy = FOCUS[0] * w / 1360 + shake[0], FOCUS[1] * h / 800 + shake[1]
     return min(max(0, cx - cw / 2), w - cw), min(max(0, cy - ch / 2), h - ch), cw, ch
 
+# %% ../nbs/10b_video_evaluate.ipynb #708dc599
 def scene_frames(scene, # a road photo (path or image)
                  boxes:np.ndarray, # K x 4 sign boxes in the scene (continuous corners)
                  rng:np.random.Generator, # for the shake
@@ -72,6 +74,7 @@ def drive_scenes(gtsdb, # GTSDB folder
     signs = load_gtsdb(gtsdb)
     return [(p, signs[signs.path == p]) for p in list(table.path)[:scenes]]
 
+# %% ../nbs/10b_video_evaluate.ipynb #066f91d1
 def drive_frames(scenes:list, # `drive_scenes`
                  seed:int=0, # for the shake
                 ) -> Iterator[DriveFrame]:
@@ -99,11 +102,13 @@ def write_drive(path, # the .mp4 to write
     with atomic_path(truth_path(path)) as tmp: tmp.write_text(json.dumps({'fps': DRIVE_FPS, 'size': list(DRIVE_SIZE), 'frames': truth}))
     return path
 
+# %% ../nbs/10b_video_evaluate.ipynb #1069f3fd
 def truth_path(video) -> Path:
     "Where `write_drive` puts a drive's truth: beside it, `NAME.truth.json`."
     video = Path(video)
     return video.with_name(video.stem + '.truth.json')
 
+# %% ../nbs/10b_video_evaluate.ipynb #ad5a7463
 def read_truth(video) -> list[list]:
     "The per-frame truth `write_drive` wrote beside `video`; raises `VideoError` if there is none."
     p = truth_path(video)
@@ -187,6 +192,7 @@ def repeat_video(src, # a video file
                 k += 1; yield f.pixels()
     return write_frames(dest, frames(), info.fps)
 
+# %% ../nbs/10b_video_evaluate.ipynb #e5772dc9
 _BENCH_CHILD = """import json, sys
 from gtsr.detect import Detector
 from gtsr.video import track_frames
