@@ -99,6 +99,7 @@ FIGURES = {
     'headline': headline,
     'classifier-attempts': classifier_attempts,
     'robustness-shipped': lambda: robustness_table('robustness-shipped'),
+    'robustness-previous': lambda: robustness_table('robustness-previous'),
     'robustness-attempt10': lambda: robustness_table('robustness-attempt10'),
     'detector-attempts': detector_attempts,
     'detector-shipped': detector_shipped,

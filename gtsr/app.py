@@ -191,7 +191,7 @@ def classify_upload(name:str, # the uploaded file's name
                    ) -> widgets.Widget:
     "A road photo with its signs boxed (`scene_card`), a result card for a close-up of one sign, a clip's signs (`clip_card`), or an error card."
     if Path(name).suffix.lower() in VIDEO_SUFFIXES: return clip_card(name, content, detector, progress)
-    try: image = read_image(bytes(content))
+    try: image = detector.read(bytes(content)).image if detector is not None else read_image(bytes(content)) # a large JPEG decoded reduced
     except ImageError as e: return error_card(name, 'could not classify this file: ' + plain_words(str(e).split(': ', 1)[-1]))
     found = detector.detect(image) if detector is not None else []
     if found and not is_close_up(image, found): return scene_card(name, image, found, references, explainer)

@@ -253,7 +253,7 @@ def read_image(src, # a path, bytes, a PIL image or a numpy array
                 img = Image.open(fp)
         if img.width * img.height > MAX_PIXELS:
             raise ImageError(f"{img.width}x{img.height} pixels is over the limit of {MAX_PIXELS:,} (possible decompression bomb)")
-        if reduce_to and img.format == 'JPEG': img.draft(None, tuple(reduce_to)) # the decoder scales in the DCT: a fraction of the memory and time
+        if reduce_to and img.format in ('JPEG', 'MPO'): img.draft(None, tuple(reduce_to)) # the decoder scales in the DCT: a fraction of the memory and time
         img.load()
         if src is img: return _to_rgb(ImageOps.exif_transpose(img)) # the caller's image: copies, never changed
         ImageOps.exif_transpose(img, in_place=True) # ours: turned and converted without a spare copy of the photo

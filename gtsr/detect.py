@@ -7,11 +7,11 @@ Docs: https://gtsr.github.io/gtsr/detect.html.md"""
 # %% auto #0
 __all__ = ['SCENE_SIDE', 'SCENE_SHORT_SIDE', 'FINDER_TILE', 'CROP_MARGIN', 'DEFAULT_MIN_SCORE', 'default_detector_path',
            'finder_scale', 'finder_array', 'finder_input', 'finder_tiles', 'finder_boxes', 'box_iou',
-           'suppress_overlaps', 'SignDetection', 'find_candidates', 'Detector', 'detection_records', 'label_font',
-           'place_tags', 'draw_detections']
+           'suppress_overlaps', 'SignDetection', 'find_candidates', 'Photo', 'read_photo', 'Detector',
+           'detection_records', 'label_font', 'place_tags', 'draw_detections']
 
 # %% ../nbs/09b_detect.ipynb #0279fa8a
-import itertools, os
+import io, itertools, math, os
 from pathlib import Path
 from typing import NamedTuple
 import numpy as np
@@ -144,6 +144,36 @@ def find_candidates(finder, # onnxruntime session of a `SignFinder`
     if len(found) == 1: return boxes
     return boxes[suppress_overlaps(boxes[:, :4], boxes[:, 4])][:max_boxes * max(1, len(found) // len(zooms))] # a long photo keeps more candidates
 
+# %% ../nbs/09b_detect.ipynb #02ff4166
+class Photo(NamedTuple):
+    "A photo as the detector reads it: `image` (RGB, maybe decoded reduced), `scale` (the file's pixels per pixel of `image`) and `size` (the file's own upright (width, height))."
+    image: Image.Image
+    scale: float
+    size: tuple
+
+def _opened(src): return Image.open(io.BytesIO(bytes(src)) if isinstance(src, (bytes, bytearray, memoryview)) else src)
+
+def _jpeg_need(src, zoom:float) -> tuple|None:
+    "(the (width, height) a JPEG file `src` must keep for the finder at `zoom`, as stored; its upright size), or None for anything else."
+    if not isinstance(src, (str, Path, bytes, bytearray, memoryview)): return None
+    try:
+        with _opened(src) as f:
+            if f.format not in ('JPEG', 'MPO'): return None # MPO: a phone's JPEG with a second picture in it
+            (w, h), turned = f.size, f.getexif().get(0x0112, 1) in (5, 6, 7, 8) # EXIF orientations that swap the sides
+    except Exception: return None # `read_image` says what is wrong with it
+    scale = finder_scale((w, h), zoom) # the same whichever way up the photo is
+    return (math.ceil(w * scale), math.ceil(h * scale)), ((h, w) if turned else (w, h))
+
+def read_photo(src, # a path, bytes, a PIL image, a numpy array or a `Photo`
+               zoom:float=1.0, # the largest scale the finder reads at (`Detector.zooms`)
+              ) -> Photo:
+    "`src` as a `Photo`: a large JPEG decoded reduced by 2, 4 or 8 while it stays as large as the finder reads it at `zoom`; raises `ImageError` for a bad image."
+    if isinstance(src, Photo): return src
+    need, size = _jpeg_need(src, zoom) or (None, None)
+    img = read_image(src, reduce_to=need)
+    if size is None or img.size == size: return Photo(img, 1.0, img.size)
+    return Photo(img, size[0] / img.width, size)
+
 # %% ../nbs/09b_detect.ipynb #3eefebd8
 class Detector:
     "Finds the traffic signs of a photo (`SignFinder`), checks each candidate (the verifier) and names it (`Classifier`); all ONNX."
@@ -173,6 +203,11 @@ class Detector:
         return cls(*sessions, classifier or Classifier.load(model, backend, threads=threads, arena=arena), path,
                    entry.get('min_score', DEFAULT_MIN_SCORE), zooms=entry.get('zooms', (1.0,)))
 
+    def read(self, src, # a path, bytes, a PIL image, a numpy array or a `Photo`
+            ) -> Photo:
+        "`src` as the `Photo` this detector reads: a large JPEG decoded reduced (`read_photo`) at its largest zoom."
+        return read_photo(src, max(self.zooms))
+
     def candidates(self, img:Image.Image, # an RGB photo
                   ) -> np.ndarray:
         "The finder's candidate boxes in `img`'s pixels with their centre probability (N x 5), before the verifier and the classifier look."
@@ -180,13 +215,14 @@ class Detector:
         give_memory_back() # the finder's feature maps, freed; else glibc keeps them, per thread (`give_memory_back`)
         return found
 
-    def detect(self, image, # a path, bytes, a PIL image or a numpy array
+    def detect(self, image, # a path, bytes, a PIL image, a numpy array or a `Photo` (`read`)
                topk:int=5, # guesses kept per sign
                min_score:float|None=None, # report detections from this score; default `self.min_score`
               ) -> list[SignDetection]:
-        "The signs in `image`, most confident first; raises `ImageError` for a bad image."
+        "The signs in `image`, most confident first, boxed in the photo's own pixels; raises `ImageError` for a bad image."
         min_score = self.min_score if min_score is None else min_score
-        img = read_image(image)
+        photo = self.read(image)
+        img = photo.image
         found = self.candidates(img)
         if not len(found): return []
         crops = box_crops(img, found[:, :4], self.classifier.size, CROP_MARGIN)
@@ -196,7 +232,7 @@ class Detector:
         scores = np.sqrt(found[:, 4] * self.verifier.run(None, {'image': crops})[0][:, 1]) * sign_prob
         ok = np.nonzero((sign_prob > not_sign) & (scores >= min_score))[0]
         keep = ok[suppress_overlaps(found[ok, :4], scores[ok])]
-        width, height = img.size
+        (width, height), found[:, :4] = photo.size, found[:, :4] * photo.scale
         out = []
         for i in keep:
             x1, y1, x2, y2 = found[i, :4]
@@ -215,10 +251,10 @@ def detection_records(detector:Detector, # the detector
     "One JSON-ready record per photo: `path`, `width`, `height` and `signs` (box, class_id, name, probability, score), or `path` and `error`."
     records = []
     for name, src in zip(record_names(sources, names), sources):
-        try: img = read_image(src)
+        try: photo = detector.read(src)
         except ImageError as e: records.append(error_record(name, src, e)); continue
-        signs = [{k: v for k, v in d._asdict().items() if k != 'predictions'} for d in detector.detect(img)]
-        records.append({'path': name, 'width': img.width, 'height': img.height, 'signs': signs})
+        signs = [{k: v for k, v in d._asdict().items() if k != 'predictions'} for d in detector.detect(photo)]
+        records.append({'path': name, 'width': photo.size[0], 'height': photo.size[1], 'signs': signs})
     return records
 
 # %% ../nbs/09b_detect.ipynb #a4d2f7e9

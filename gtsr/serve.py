@@ -30,13 +30,13 @@ from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from .config import READ_TIMEOUT
 from .data import CLASS_NAMES
-from .detect import Detector
+from .detect import Detector, detection_records
 from .http_limits import HttpLimits, multipart_parts, read_body, uvicorn_options
 from .inference import Classifier, prediction_records
 from .api_answers import MIN_PROBABILITY, PER_FILE, answers_per_file, likely_guesses
 from .serve_schemas import ClassifyResult, DetectResult, ErrorItem, ErrorResponse, Health, ModelInfo, model_info
 from .serve_settings import ServeSettings
-from .uploads import ApiError, DecodeBudget, detect_upload, reduced_upload, screen_upload
+from .uploads import ApiError, DecodeBudget, reduced_upload, screen_upload
 
 # %% ../nbs/12_serve.ipynb #e9f41cc5
 class BatchPredictor:
@@ -233,7 +233,7 @@ def upload_router(settings:ServeSettings, # the app's: its most files per reques
     async def detect(files:Files, det:Annotated[Detector, Depends(detector)], budget:Budget,
                      slots:Annotated[anyio.CapacityLimiter, Depends(detect_slots)]):
         "Box, sign, probability and score of each sign found in each photo uploaded under the form field `files`."
-        return JSONResponse(await each_upload(files, lambda name, data: detect_upload(det, name, data), budget, slots))
+        return JSONResponse(await each_upload(files, lambda name, data: detection_records(det, [data], [name])[0], budget, slots))
     return router
 
 # %% ../nbs/12_serve.ipynb #95226744

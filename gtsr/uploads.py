@@ -1,4 +1,4 @@
-"""`ApiError` (a refused request), `screen_upload` (an upload's header read once: `screen_png` refuses text-chunk bombs, `decode_bytes` says what its decode costs), `DecodeBudget` (a cap on the bytes decoding at once, with a queue time limit), `reduced_upload` and `detect_upload` (large JPEGs decoded reduced) and `release_memory`: what keeps `gtsr serve`'s memory bounded whatever its clients send.
+"""`ApiError` (a refused request), `screen_upload` (an upload's header read once: `screen_png` refuses text-chunk bombs, `decode_bytes` says what its decode costs), `DecodeBudget` (a cap on the bytes decoding at once, with a queue time limit), `reduced_upload` (a large JPEG decoded reduced for the classifier) and `release_memory`: what keeps `gtsr serve`'s memory bounded whatever its clients send.
 
 Docs: https://gtsr.github.io/gtsr/uploads.html.md"""
 
@@ -7,16 +7,14 @@ Docs: https://gtsr.github.io/gtsr/uploads.html.md"""
 # %% auto #0
 __all__ = ['DECODE_BYTES', 'RGB_BYTES', 'PNG_SIGNATURE', 'PNG_KEPT', 'MAX_PNG_ANCILLARY', 'MAX_PNG_ANCILLARY_BYTES',
            'MAX_PNG_CHUNKS', 'ApiError', 'decode_bytes', 'screen_png', 'screen_upload', 'release_memory',
-           'DecodeBudget', 'reduced_upload', 'detect_upload']
+           'DecodeBudget', 'reduced_upload']
 
 # %% ../nbs/11b_uploads.ipynb #db1f26f9
-import ctypes, gc, io, math, struct
+import ctypes, gc, io, struct
 from contextlib import asynccontextmanager
 import anyio
 from PIL import Image
 from .data import ImageError, read_image
-from .detect import Detector, detection_records, finder_scale
-from .inference import Classifier
 
 # %% ../nbs/11b_uploads.ipynb #7d296617
 class ApiError(Exception):
@@ -134,35 +132,10 @@ class DecodeBudget:
 
 
 # %% ../nbs/11b_uploads.ipynb #485240ca
-def _reduced(data:bytes, need) -> tuple[object, float, tuple]:
-    "`data` decoded reduced if it is a JPEG that `need((w, h)) -> (w, h)` allows to shrink by 2 or more, the factor, and the photo's own (w, h); else `data`, 1 and its size (None if unreadable)."
-    try:
-        with Image.open(io.BytesIO(data)) as img: fmt, (w, h) = img.format, img.size
-        want = need((w, h))
-        if fmt != 'JPEG' or min(w / want[0], h / want[1]) < 2: return data, 1, (w, h)
-        small = read_image(data, reduce_to=want)
-    except Exception: return data, 1, None # the record functions report the error
-    return small, max(w, h) / max(small.size), (w, h)
-
 def reduced_upload(data:bytes, # an uploaded image
                    side:int=32, # the side the model reads
                   ):
-    "A large JPEG decoded reduced, still at least 4 x `side` on each side (as `Classifier.to_array` takes it); other uploads as they are."
-    return _reduced(data, lambda wh: (4 * side, 4 * side))[0]
+    "The upload decoded, a large JPEG reduced while still at least 4 x `side` on each side (as `Classifier.to_array` takes it); `data` as it came if it is not a readable image (the record says why)."
+    try: return read_image(data, reduce_to=(4 * side, 4 * side))
+    except ImageError: return data
 
-# %% ../nbs/11b_uploads.ipynb #a2cec97b
-def detect_upload(det:Detector, # the detector
-                  name:str, # the file's name in the record
-                  data:bytes, # the uploaded photo
-                 ) -> dict:
-    "`detection_records` of one photo, a large JPEG decoded at twice the finder's scale, with its size and boxes in the photo's own pixels."
-    zoom = max(det.zooms)
-    src, k, size = _reduced(data, lambda wh: tuple(math.ceil(2 * finder_scale(wh, zoom) * v) for v in wh))
-    rec = detection_records(det, [src], [name])[0]
-    if k == 1 or 'error' in rec: return rec
-    w, h = size
-    if (w > h) != (rec['width'] > rec['height']): w, h = h, w # turned upright by its EXIF orientation
-    for s in rec['signs']:
-        x1, y1, x2, y2 = s['box']
-        s['box'] = [max(0, round(x1 * k)), max(0, round(y1 * k)), min(w, round(x2 * k)), min(h, round(y2 * k))]
-    return {**rec, 'width': w, 'height': h}

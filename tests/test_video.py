@@ -250,7 +250,7 @@ def test_out_keeps_rational_and_variable_rates_and_their_time_stamps(tmp_path):
 def test_tracker_measures_motion_in_seconds():
     "Frames missing from a variable-rate video (a gap of 0.96 s between detector frames) do not split a moving sign: ByteTrack is given each frame's time."
     from gtsr.detect import SignDetection
-    from gtsr.video import SignTracker
+    from gtsr.tracking import SignTracker
     tracker = SignTracker(fps=25, stride=8)
     for frame, seconds in [(0, 0.0), (8, 0.32), (16, 0.64), (24, 0.96), (48, 1.92), (56, 2.24)]:
         x = 100 + 150 * seconds # 150 px a second to the right
