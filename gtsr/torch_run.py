@@ -120,7 +120,10 @@ class Stepper:
                 ):
         self.net, self.device, self.precision = net.to(device), device, precision
         self.opt = torch.optim.AdamW(net.parameters(), lr, weight_decay=weight_decay)
-        self.schedule = torch.optim.lr_scheduler.OneCycleLR(self.opt, lr, total_steps=total_steps, pct_start=pct_start)
+        if total_steps < 4: self.schedule = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda _: 1.0) # too short for a cycle
+        else: # each phase at least 2 steps: torch divides by zero on a shorter one (`--steps 10` at a warm-up share of 0.1)
+            pct_start = min(max(pct_start, 2 / total_steps), 1 - 2 / total_steps)
+            self.schedule = torch.optim.lr_scheduler.OneCycleLR(self.opt, lr, total_steps=total_steps, pct_start=pct_start)
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision == 'fp16')
 
     def step(self, loss_of) -> float:

@@ -22,12 +22,12 @@ def test_train_detector_writes_finder_verifier_and_threshold(tmp_path):
     from gtsr.data import file_digest
     scenes = make_synthetic_gtsdb(tmp_path/'gtsdb', scenes=10, sign_free=2, size=(680, 400))
     out = tmp_path/'models'/'detector.onnx'
-    r = run_gtsr('train-detector', '--data', scenes, '--out', out, '--steps', '10', '--verifier-epochs', '1')
+    r = run_gtsr('train-detector', '--data', scenes, '--out', out, '--steps', '40', '--verifier-epochs', '1')
     assert r.returncode == 0, r.stderr[-3000:]
     manifest = json.loads((out.parent/'manifest.json').read_text())
     finder, verifier = manifest['detector.onnx'], manifest['detector-verifier.onnx']
     assert finder['sha256'] == file_digest(out) and verifier['sha256'] == file_digest(out.parent/'detector-verifier.onnx')
-    assert finder['verifier'] == 'detector-verifier.onnx' and 0 <= finder['min_score'] <= 1 and finder['recipe']['steps'] == 10
+    assert finder['verifier'] == 'detector-verifier.onnx' and 0 <= finder['min_score'] <= 1 and finder['recipe']['steps'] == 40
     assert verifier['recipe']['start'] == 'model.pkl' # started from the shipped classifier's network
     again = tmp_path/'again'/'detector.onnx' # the same finder reused, a verifier trained from scratch
     r = run_gtsr('train-detector', '--data', scenes, '--out', again, '--finder', out, '--verifier-from-scratch', '--verifier-epochs', '1')
@@ -35,12 +35,12 @@ def test_train_detector_writes_finder_verifier_and_threshold(tmp_path):
     manifest2 = json.loads((again.parent/'manifest.json').read_text())
     assert file_digest(again) == finder['sha256'] and manifest2['detector.onnx']['recipe'] == finder['recipe']
     assert manifest2['detector-verifier.onnx']['recipe']['width'] == 16 and 'start' not in manifest2['detector-verifier.onnx']['recipe']
-    r = run_gtsr('train-detector', '--data', scenes, '--out', out, '--steps', '10', '--verifier-epochs', '1') # the run is done: it is not overwritten
+    r = run_gtsr('train-detector', '--data', scenes, '--out', out, '--steps', '40', '--verifier-epochs', '1') # the run is done: it is not overwritten
     assert r.returncode == 1 and 'pass --resume' in r.stderr and file_digest(out) == finder['sha256']
-    r = run_gtsr('train-detector', '--data', scenes, '--out', out, '--steps', '10', '--verifier-epochs', '1', '--resume') # nothing left to do
+    r = run_gtsr('train-detector', '--data', scenes, '--out', out, '--steps', '40', '--verifier-epochs', '1', '--resume') # nothing left to do
     assert r.returncode == 0, r.stderr[-3000:]
     assert file_digest(out) == finder['sha256'] and json.loads((out.parent/'detector-checkpoints'/'progress.json').read_text())['stage'] == 'done'
-    r = run_gtsr('train-detector', '--data', scenes, '--out', out, '--steps', '12', '--verifier-epochs', '1', '--resume')
+    r = run_gtsr('train-detector', '--data', scenes, '--out', out, '--steps', '50', '--verifier-epochs', '1', '--resume')
     assert r.returncode == 1 and 'different options' in r.stderr
     r = run_gtsr('detect', '--json', '--detector', out, *sorted((scenes/'TrainIJCNN2013').glob('*.ppm'))[:2])
     assert r.returncode == 0, r.stderr[-3000:]
