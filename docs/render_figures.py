@@ -95,7 +95,18 @@ def detector_shipped() -> str:
                       f"| false alarms per scene (wrong name counted too) | {m['false_alarms_per_scene']:.3f} ({round(m['false_alarms_per_scene'] * m['scenes'])} in {m['scenes']} scenes) | |",
                       '', f"`{m['command']}`"])
 
+def video_drives() -> str:
+    "The tracker on the simulated drives (docs/figures/video-*.json, the output of `gtsr evaluate-video --json`, in `video-drives.json`'s order, with the command of each)."
+    lines = ['| drive | detector, tracker | signs listed with the right name | listed signs real | signs split | MOTA / IDF1 | command |',
+             '| --- | --- | ---: | ---: | ---: | ---: | --- |']
+    for a in load('video-drives')['drives']:
+        m = load(a['figures'])
+        lines.append(f"| {a['drive']} | {a['setup']} | **{m['recall']:.1%}** ({m['named']} of {m['signs']}) | {m['precision']:.1%} ({m['real']} of {m['tracks']}) | "
+                     f"{m['split']:.1%} ({m['split_signs']}) | {m['mota']:.3f} / {m['idf1']:.3f} | `{a['command']}` |")
+    return '\n'.join(lines)
+
 FIGURES = {
+    'video-drives': video_drives,
     'headline': headline,
     'classifier-attempts': classifier_attempts,
     'robustness-shipped': lambda: robustness_table('robustness-shipped'),

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import NamedTuple
 import numpy as np
 from .data import CLASS_NAMES, GtsrError, atomic_path
-from .video_io import VideoError, _open
+from .video_io import Stills, VideoError, _open
 
 # %% ../nbs/09i_signmap.ipynb #7a70067c
 TRAFFIC_SIGNS = [ # OSM's traffic_sign value of each GTSRB class (StVO/VzKat 2017 number), in class order
@@ -47,9 +47,10 @@ def iso(t:datetime) -> str:
     return t.astimezone(timezone.utc).isoformat(timespec='milliseconds').replace('+00:00', 'Z')
 
 # %% ../nbs/09i_signmap.ipynb #b54d2ecc
-def video_span(path, # a video file
+def video_span(path, # a video file, or a sequence of photos (`Stills`)
               ) -> tuple:
-    "(start, seconds): when the video at `path` began, from its `creation_time` (None when it has none, or 1970), and how long it runs; raises `VideoError`."
+    "(start, seconds): when the video at `path` began, from its `creation_time` (None when it has none, or 1970; for photos, `Stills.started`), and how long it runs; raises `VideoError`."
+    if isinstance(path, Stills): return path.started(), path.seconds()[-1]
     container, stream = _open(path)
     with container:
         text = container.metadata.get('creation_time') or stream.metadata.get('creation_time')
@@ -110,7 +111,7 @@ class GpsTrack(NamedTuple):
                              "check its start time (--start) or the camera's clock")
 
 # %% ../nbs/09i_signmap.ipynb #11357d0e
-def video_starts(paths:list, # video files
+def video_starts(paths:list, # video files and `Stills`
                  track:GpsTrack, # the GPS track they were recorded along
                  start:datetime|None=None, # when the (single) video started; default each video's `creation_time`
                 ) -> dict:
@@ -121,7 +122,8 @@ def video_starts(paths:list, # video files
         try: created, seconds = video_span(path)
         except VideoError: continue
         if (begun := start or created) is None:
-            raise TrackError(f"{path}: the video has no creation time: give its start, e.g. --start 2026-05-04T10:00:00Z")
+            what = 'its first photo has no capture time with a zone' if isinstance(path, Stills) else 'the video has no creation time'
+            raise TrackError(f"{path}: {what}: give its start, e.g. --start 2026-05-04T10:00:00Z")
         track.check(begun, seconds, str(path))
         starts[path] = begun
     return starts

@@ -6,7 +6,7 @@ Docs: https://gtsr.github.io/gtsr/video_io.html.md"""
 
 # %% auto #0
 __all__ = ['MAX_VIDEO_PIXELS', 'VIDEO_SUFFIXES', 'THUMBNAIL', 'VideoError', 'VideoInfo', 'read_video_info', 'Frame',
-           'video_frames', 'exact_rate', 'VideoWriter', 'write_frames', 'missing_frames']
+           'video_frames', 'exact_rate', 'capture_time', 'Stills', 'VideoWriter', 'write_frames', 'missing_frames']
 
 # %% ../nbs/09h_video_io.ipynb #21901548
 from collections.abc import Iterable, Iterator
@@ -60,9 +60,10 @@ def _rate(stream) -> Fraction:
     rate = stream.average_rate or stream.guessed_rate or stream.base_rate
     return Fraction(rate) if rate else Fraction(25)
 
-def read_video_info(path, # a video file
+def read_video_info(path, # a video file, or a sequence of photos (`Stills`)
                    ) -> VideoInfo:
     "The frame rate, frame count, displayed size and time base of the video at `path` (decodes its first frame to read the rotation); raises `VideoError`."
+    if isinstance(path, Stills): return path.info()
     container, stream = _open(path)
     with container:
         first = next(_decoded(container, stream, path), None)
@@ -101,9 +102,10 @@ def _rgb(frame, rotation:int) -> np.ndarray:
     a = frame.to_ndarray(format='rgb24')
     return np.ascontiguousarray(np.rot90(a, rotation // 90)) if rotation else a
 
-def video_frames(path, # a video file
+def video_frames(path, # a video file, or a sequence of photos (`Stills`)
                 ) -> Iterator[Frame]:
     "The frames of the video at `path`, streamed, in display orientation, timed by their time stamps; raises `VideoError`."
+    if isinstance(path, Stills): yield from path.frames(); return
     container, stream = _open(path)
     with container:
         rate, start = _rate(stream), None
@@ -123,6 +125,79 @@ def exact_rate(fps, # frames per second: a whole number, a `Fraction` (30000/100
     rate = Fraction(fps) if isinstance(fps, (int, Fraction)) else Fraction(float(fps)).limit_denominator(1001)
     if not 0 < rate <= 1000: raise VideoError(f"frame rate {float(fps):g}: expected more than 0 and at most 1000 frames a second")
     return rate
+
+# %% ../nbs/09h_video_io.ipynb #e2009dbc
+def capture_time(path, # a photo
+                ) -> 'datetime|None':
+    "When the photo was taken (EXIF `DateTimeOriginal` with `SubsecTimeOriginal`, else `DateTime`): with its zone when the camera wrote one (`OffsetTimeOriginal`), else the camera's clock; None if it does not say."
+    from datetime import datetime, timedelta
+    from PIL import Image
+    try:
+        with Image.open(path) as im: exif = im.getexif()
+        ifd = exif.get_ifd(0x8769) # the Exif sub-IFD
+        stamp, subsec, offset = ifd.get(36867) or exif.get(306), str(ifd.get(37521) or '').strip(), str(ifd.get(36881) or '').strip()
+        t = datetime.strptime(str(stamp).strip() + offset.replace(':', ''), '%Y:%m:%d %H:%M:%S' + '%z' * bool(offset))
+    except (OSError, ValueError, TypeError, SyntaxError): return None
+    return t + timedelta(seconds=float(f'0.{subsec}') if subsec.isdigit() else 0.0)
+
+class Stills:
+    "Photos taken one after another (timelapse, interval shots), read as one video: `read_video_info` and `video_frames` take it as they take a file."
+    def __init__(self, paths:list, # the photos, in the order taken
+                 name:str|None=None, # what records call the sequence (the folder or pattern given); default the first photo's folder
+                 fps:float|None=None, # photos a second; default from their capture times, else 1
+                ):
+        self.paths = [Path(p) for p in paths]
+        if not self.paths: raise VideoError(f"{name}: no photos")
+        if fps is not None: exact_rate(fps) # a rate out of range says so now
+        self.name, self.fps, self.unreadable = str(name or self.paths[0].parent), fps, [] # unreadable: one line per photo left out
+
+    def __str__(self): return self.name
+    def __repr__(self): return f"Stills({self.name!r}, {len(self.paths)} photos)"
+
+    def seconds(self) -> list[float]:
+        "Each photo's time from the first: capture times when every readable photo has one and they rise, else evenly `fps` (1) a second."
+        from datetime import datetime
+        from PIL import Image
+        if self.fps is None:
+            times = [(t.replace(tzinfo=None) - datetime(1970, 1, 1)).total_seconds() if (t := capture_time(p)) else None for p in self.paths] # on the camera's clock
+            def opens(p):
+                try: Image.open(p).close(); return True
+                except (OSError, ValueError, SyntaxError): return False
+            known = [t for t in times if t is not None]
+            if known and all(b > a for a, b in zip(known, known[1:])) and all(t is not None or not opens(p) for p, t in zip(self.paths, times)):
+                for i in range(len(times)): times[i] = times[i] if times[i] is not None else times[i - 1] if i else known[0] # an unreadable photo, left out anyway
+                return [round(t - known[0], 4) for t in times]
+        return [round(i / (self.fps or 1.0), 4) for i in range(len(self.paths))]
+
+    def started(self) -> 'datetime|None':
+        "When the first photo was taken, in UTC, if its camera wrote its zone (`capture_time`); else None."
+        from datetime import timezone
+        t = capture_time(self.paths[0])
+        return t.astimezone(timezone.utc) if t and t.tzinfo else None
+
+    def info(self) -> VideoInfo:
+        "A `VideoInfo` of the sequence: its mean rate, photo count and the first readable photo's upright size."
+        from gtsr.data import ImageError, read_image
+        seconds = self.seconds()
+        fps = (len(seconds) - 1) / seconds[-1] if seconds[-1] > 0 else (self.fps or 1.0)
+        for p in self.paths:
+            try: w, h = read_image(p).size; break
+            except ImageError: continue
+        else: raise VideoError(f"{self.name}: none of its {len(self.paths)} photos can be read")
+        return VideoInfo(fps, len(self.paths), w, h, 0, exact_rate(min(fps, 1000)), Fraction(1, 10000))
+
+    def frames(self) -> Iterator[Frame]:
+        "Each readable photo as a `Frame` (index: its place in the sequence); the others go to `unreadable`."
+        from PIL import Image
+        from gtsr.data import ImageError, read_image
+        self.unreadable = []
+        for i, (p, t) in enumerate(zip(self.paths, self.seconds())):
+            try: img = read_image(p)
+            except ImageError as e: self.unreadable.append(str(e)); continue
+            a = np.asarray(img)
+            yield Frame(i, t, lambda a=a: a, lambda img=img: np.asarray(img.convert('L').resize(THUMBNAIL, Image.Resampling.BILINEAR)),
+                        round(t * 10000), Fraction(1, 10000)) # time stamps that keep the capture times in an annotated video
+
 
 # %% ../nbs/09h_video_io.ipynb #a3451114
 class VideoWriter:

@@ -267,3 +267,34 @@ def test_detector_reads_frames_evenly_in_time_at_a_variable_rate(tmp_path):
     read = [tf.frame.seconds for tf in track_frames(clip, Detector.load(), fps=30, stride=3) if tf.linked is not None]
     assert np.allclose(np.diff(read), 0.1, atol=0.002), read
     assert len(read) == 30, read
+
+def test_a_folder_of_photos_one_a_second_is_one_sequence(drive, tmp_path):
+    "The drive as interval shots (every 25th frame: one a second, JPEG with EXIF capture times and zone): each of its signs is named, with the photo it is largest in; --gpx places them from the first photo's capture time; --out writes the annotated sequence at the photos' times."
+    import gpxpy.gpx
+    from datetime import datetime, timedelta, timezone
+    from gtsr.video import video_frames, read_video_info
+    from gtsr.video_evaluate import read_truth
+    truth, shots = read_truth(drive), tmp_path/'shots'
+    shots.mkdir()
+    for f in video_frames(drive):
+        if f.index % 25: continue
+        exif = Image.Exif(); ifd = exif.get_ifd(0x8769)
+        ifd[36867], ifd[36881] = f'2026:05:04 12:00:{f.index // 25:02d}', '+02:00' # local time, 10:00 UTC
+        Image.fromarray(f.pixels()).save(shots/f'IMG_{f.index // 25:04d}.jpg', exif=exif, quality=92)
+    t0 = datetime(2026, 5, 4, 10, tzinfo=timezone.utc)
+    gpx = gpxpy.gpx.GPX(); trk = gpxpy.gpx.GPXTrack(); seg = gpxpy.gpx.GPXTrackSegment(); gpx.tracks.append(trk); trk.segments.append(seg)
+    seg.points += [gpxpy.gpx.GPXTrackPoint(52.5 + 1e-4 * t, 13.4, time=t0 + timedelta(seconds=t)) for t in range(-2, 8)]
+    (tmp_path/'drive.gpx').write_text(gpx.to_xml())
+    r = run_gtsr('video', '--json', shots, '--gpx', tmp_path/'drive.gpx', '--out', tmp_path/'out', timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    [rec] = json.loads(r.stdout)
+    assert (rec['path'], rec['frames'], rec['fps'], rec['width'], rec['height']) == (str(shots), 4, 1, 1280, 720), rec
+    classes = {c for k in range(0, len(truth), 25) for _, c, _ in truth[k]}
+    assert classes <= {s['class_id'] for s in rec['signs']}, (rec['signs'], classes) # every sign of the photos, named
+    for s in rec['signs']:
+        assert s['photo'] == str(shots/f"IMG_{s['frame']:04d}.jpg") and s['first_s'] == s['first_frame']
+        assert s['time'] == (t0 + timedelta(seconds=s['last_s'])).isoformat(timespec='milliseconds').replace('+00:00', 'Z')
+        assert abs(s['lat'] - (52.5 + 1e-4 * s['last_s'])) < 1e-7
+    annotated = read_video_info(tmp_path/'out'/'shots.annotated.mp4')
+    assert (annotated.frames, annotated.width, annotated.height) == (4, 1280, 720)
+    assert [f.seconds for f in video_frames(tmp_path/'out'/'shots.annotated.mp4')] == [0, 1, 2, 3]
