@@ -85,16 +85,13 @@ class SignTracker:
                 ):
         self.settings, self.frame_rate = {**TRACKER_SETTINGS, **settings}, fps / stride
         self.min_sightings, self.single_score, self.tracks, self.pending, self.done, self.next_id = min_sightings, single_score, {}, {}, [], 1
-        self.once, self.seen, self.clock = [], {}, None # seen-once candidates (class, first `Sighting`), waiting for `_judge_once`
         self.cut()
 
     def cut(self):
         "A new scene: every track so far is over; fresh trackers go on numbering after them."
         self.done += [TrackedSign(tid, s) for tid, s in self.tracks.items()]
-        for c, _, first in self.pending.values(): self._seen_once(c, first)
-        self._judge_once(everything=True)
+        for _, _, first in self.pending.values(): self._seen_once(first)
         self.by_class, self.ids, self.tracks, self.pending = {}, {}, {}, {} # class -> ByteTrack; (class, its track id) -> ours
-        self.seen = {} # class -> the times at which a track of it was seen (for `_judge_once`)
         self.clock, self.confirmed = None, [] # the time stamp ByteTrack was last given; (track_id, first `Sighting`) of the tracks the last update confirmed
 
     def class_tracker(self, class_id:int):
@@ -124,19 +121,9 @@ class SignTracker:
         if key not in self.ids: self.ids[key] = self.next_id; self.next_id += 1
         return self.ids[key]
 
-    def _seen_once(self, class_id:int, first:Sighting):
-        "A track of `class_id` that ended at its first sighting: a candidate sign of its own if that sighting was confident enough (`single_score`)."
-        if self.single_score is not None and first.score >= self.single_score: self.once.append((class_id, first))
-
-    def _judge_once(self, everything:bool=False):
-        "Seen-once candidates a detector frame and a half old (all of them: `everything`) become signs, unless a track of their class was seen that close in time (the same sign, tracked from a sighting later)."
-        near = 1.5 / self.frame_rate
-        keep = []
-        for c, first in self.once:
-            if not everything and first.seconds + near > self.clock: keep.append((c, first)); continue
-            if not any(abs(t - first.seconds) <= near for t in self.seen.get(c, ())): self.done.append(TrackedSign(self._our_id(first.class_id, None), [first]))
-        self.once = keep
-        for c in self.seen: self.seen[c] = [t for t in self.seen[c] if t > (self.clock or 0) - 2 * near] # memory stays bounded
+    def _seen_once(self, first:Sighting):
+        "A track that ended at its first sighting: a sign of its own if that sighting was confident enough (`single_score`)."
+        if self.single_score is not None and first.score >= self.single_score: self.done.append(TrackedSign(self._our_id(first.class_id, None), [first]))
 
     def _step(self, class_id:int, detections:list, frame:int, seconds:float) -> list[tuple]:
         "One class's ByteTrack fed its detections of this frame (none: its tracks age); (track_id, detection) of those on confirmed tracks."
@@ -153,7 +140,6 @@ class SignTracker:
             if tid < 0: continue
             tid = self._our_id(class_id, tid)
             self.tracks.setdefault(tid, []).append(sighting(detections[i])); linked.append((tid, detections[i]))
-            self.seen.setdefault(class_id, []).append(seconds)
         for t in tracker.tracks: # a track spawned this frame: remember the detection it came from
             if id(t) not in before and t.tracker_id == -1:
                 j = int(np.argmax(box_iou(t.get_state_bbox()[None], boxes)[0]))
@@ -172,12 +158,10 @@ class SignTracker:
             if t.tracker_id >= 0:
                 tid = self._our_id(c, t.tracker_id)
                 self.tracks[tid].insert(0, first); del self.pending[key]
-                self.seen.setdefault(c, []).append(first.seconds)
                 self.confirmed.append((tid, first))
-            elif t not in self.by_class[c].tracks: self._seen_once(c, first); del self.pending[key]
+            elif t not in self.by_class[c].tracks: self._seen_once(first); del self.pending[key]
         alive = {self.ids.get((c, t.tracker_id)) for c, tracker in self.by_class.items() for t in tracker.tracks}
         for tid in [tid for tid in self.tracks if tid not in alive]: self.done.append(TrackedSign(tid, self.tracks.pop(tid))) # memory stays bounded
-        self._judge_once()
         return linked
 
     def finished(self) -> list[TrackedSign]:

@@ -34,7 +34,7 @@ def detector_stride(fps:float, # the video's frame rate
     return max(1, round(fps * seconds))
 
 STILLS_SECONDS = 0.5 # detector frames this far apart or more are a sequence of stills (photos, timelapse, video at 2 frames a second or fewer)
-STILLS_SETTINGS = dict(minimum_iou_threshold=-0.9, single_score=0.8) # `SignTracker` options there: a wide motion gate, and a confident sign seen once counts; tuned in `10b_video_evaluate`
+STILLS_SETTINGS = dict(minimum_iou_threshold=-0.9, single_score=0.8) # `SignTracker` options there: a wide motion gate, and a confident sign seen once counts; tuned on the training drive at a frame a second (model card, video tracker attempt 9)
 
 # %% ../nbs/10_video.ipynb #f1ac9759
 def _frames_of(source, fps:float) -> Iterator[Frame]:
