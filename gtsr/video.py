@@ -74,7 +74,7 @@ def track_frames(source, # a video file, or an iterable of H x W x 3 uint8 RGB f
                 ) -> Iterator[TrackedFrame]:
     "Every frame of `source`, with the tracked signs of the frames the detector read; finished signs go to `signs`."
     if fps is None: fps = read_video_info(source).fps if isinstance(source, (str, Path, Stills)) else 25.0
-    stride = stride or detector_stride(fps)
+    stride = 1 if isinstance(source, Stills) else stride or detector_stride(fps) # every photo of a sequence is read
     stills = stride / fps >= STILLS_SECONDS
     tracker = SignTracker(fps, stride, min_sightings, **{**STILLS_SETTINGS, **settings} if stills else settings)
     signs = [] if signs is None else signs

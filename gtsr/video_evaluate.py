@@ -19,7 +19,7 @@ from PIL import Image
 from .data import atomic_path, read_image
 from .gtsdb import gtsdb_scenes, gtsdb_split, load_gtsdb
 from .detect import Detector, box_iou
-from .video import VideoError, read_video_info, track_frames, video_frames, write_frames
+from .video import VideoError, exact_rate, read_video_info, track_frames, video_frames, write_frames
 
 # %% ../nbs/10b_video_evaluate.ipynb #ee8dca06
 DRIVE_SIZE = (1280, 720) # every frame's size
@@ -77,13 +77,16 @@ def drive_scenes(gtsdb, # GTSDB folder
 # %% ../nbs/10b_video_evaluate.ipynb #066f91d1
 def drive_frames(scenes:list, # `drive_scenes`
                  seed:int=0, # for the shake
+                 fps=DRIVE_FPS, # frames a second: a number, or an exact `Fraction` (30000/1001 for 29.97)
+                 seconds=SCENE_SECONDS, # each scene's share of the drive, or (shortest, longest) to draw each scene's from: the car's speed changing
                 ) -> Iterator[DriveFrame]:
     "The frames of a simulated drive through `scenes`, joined by hard cuts, with each sign in each frame (`sign_id` numbers the scenes' signs in order)."
     rng, first_id = np.random.default_rng(seed), 0
     for path, rows in scenes:
         boxes = rows[['x1', 'y1', 'x2', 'y2']].to_numpy(np.float64)
         ids, classes = range(first_id, first_id + len(rows)), list(rows.class_id)
-        for pixels, b, inside in scene_frames(path, boxes, rng):
+        span = float(rng.uniform(*seconds)) if isinstance(seconds, tuple) else seconds # a short scene: a fast approach
+        for pixels, b, inside in scene_frames(path, boxes, rng, float(fps), span):
             yield DriveFrame(pixels, [(i, c, list(map(float, bb))) for i, c, bb, ok in zip(ids, classes, b, inside) if ok])
         first_id += len(rows)
 
@@ -91,15 +94,17 @@ def drive_frames(scenes:list, # `drive_scenes`
 def write_drive(path, # the .mp4 to write
                 scenes:list, # `drive_scenes`
                 seed:int=0, # for the shake
+                fps=DRIVE_FPS, # frames a second: a number, or an exact `Fraction` (30000/1001: the commonest phone rate, 29.97)
+                seconds=SCENE_SECONDS, # each scene's seconds, or a (shortest, longest) range (`drive_frames`)
                ) -> Path:
-    "Write a simulated drive to `path` (H.264, 25 fps) and its truth to `path` with `.truth.json`: per frame, [sign_id, class_id, x1, y1, x2, y2] of each sign in it."
+    "Write a simulated drive to `path` (H.264, 25 fps unless told) and its truth to `path` with `.truth.json`: per frame, [sign_id, class_id, x1, y1, x2, y2] of each sign in it."
     path = Path(path)
     truth = []
     def pixels():
-        for f in drive_frames(scenes, seed):
+        for f in drive_frames(scenes, seed, fps, seconds):
             truth.append([[i, c, *b] for i, c, b in f.signs]); yield f.pixels
-    write_frames(path, pixels(), DRIVE_FPS, crf=20)
-    with atomic_path(truth_path(path)) as tmp: tmp.write_text(json.dumps({'fps': DRIVE_FPS, 'size': list(DRIVE_SIZE), 'frames': truth}))
+    write_frames(path, pixels(), exact_rate(fps), crf=20)
+    with atomic_path(truth_path(path)) as tmp: tmp.write_text(json.dumps({'fps': float(fps), 'size': list(DRIVE_SIZE), 'frames': truth}))
     return path
 
 # %% ../nbs/10b_video_evaluate.ipynb #1069f3fd
