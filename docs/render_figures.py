@@ -97,12 +97,13 @@ def detector_shipped() -> str:
 
 def video_drives() -> str:
     "The tracker on the simulated drives (docs/figures/video-*.json, the output of `gtsr evaluate-video --json`, in `video-drives.json`'s order, with the command of each)."
-    lines = ['| drive | detector, tracker | signs listed with the right name | listed signs real | signs split | MOTA / IDF1 | command |',
-             '| --- | --- | ---: | ---: | ---: | ---: | --- |']
+    lines = ['| drive | detector, tracker | signs listed with the right name | listed signs real | signs split | stacked pairs, both named | MOTA / IDF1 | command |',
+             '| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |']
     for a in load('video-drives')['drives']:
         m = load(a['figures'])
+        stacked = f"{m['stacked_named']} of {m['stacked_pairs']}" if 'stacked_pairs' in m else '-' # scored since issue 30
         lines.append(f"| {a['drive']} | {a['setup']} | **{m['recall']:.1%}** ({m['named']} of {m['signs']}) | {m['precision']:.1%} ({m['real']} of {m['tracks']}) | "
-                     f"{m['split']:.1%} ({m['split_signs']}) | {m['mota']:.3f} / {m['idf1']:.3f} | `{a['command']}` |")
+                     f"{m['split']:.1%} ({m['split_signs']}) | {stacked} | {m['mota']:.3f} / {m['idf1']:.3f} | `{a['command']}` |")
     return '\n'.join(lines)
 
 FIGURES = {

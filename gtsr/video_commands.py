@@ -142,6 +142,7 @@ def format_video_metrics(m:dict, # `evaluate_video`'s result
         f"signs listed with the right name (recall): {m['recall']:.1%} ({m['named']} of {m['signs']}; any name {m['recall_any_name']:.1%})",
         f"listed signs that are real (precision): {m['precision']:.1%} ({m['real']} of {m['tracks']})",
         f"signs split into two or more tracks: {m['split']:.1%} ({m['split_signs']} of {m['found']})",
+        f"signs stacked on one pole: both named in {m['stacked_named']} of {m['stacked_pairs']} pairs",
         f"MOTA {m['mota']:.3f}, IDF1 {m['idf1']:.3f} (motmetrics, on the frames the detector read)",
         f"missed: {', '.join(m['missed']) or 'none'}; false tracks: {', '.join(m['false']) or 'none'}"])
 

@@ -6,8 +6,8 @@ Docs: https://gtsr.github.io/gtsr/video_evaluate.html.md"""
 
 # %% auto #0
 __all__ = ['DRIVE_SIZE', 'DRIVE_FPS', 'SCENE_SECONDS', 'END_SHARE', 'FOCUS', 'SHAKE_PX', 'DriveFrame', 'scene_frames',
-           'drive_scenes', 'drive_frames', 'write_drive', 'truth_path', 'read_truth', 'score_tracks', 'evaluate_video',
-           'repeat_video', 'benchmark_video']
+           'drive_scenes', 'drive_frames', 'write_drive', 'truth_path', 'read_truth', 'stacked_pairs', 'score_tracks',
+           'evaluate_video', 'repeat_video', 'benchmark_video']
 
 # %% ../nbs/10b_video_evaluate.ipynb #1c860a4e
 import json, sys, time
@@ -120,6 +120,20 @@ def read_truth(video) -> list[list]:
     if not p.is_file(): raise VideoError(f"{video}: no ground truth beside it ({p.name}); make drives with `write_drive`")
     return [[(int(i), int(c), b) for i, c, *b in frame] for frame in json.loads(p.read_text())['frames']]
 
+# %% ../nbs/10b_video_evaluate.ipynb #9bf971fc
+def stacked_pairs(truth:list, # per frame, (sign_id, class_id, box) of each sign (`read_truth`)
+                 ) -> set:
+    "(upper sign_id, lower sign_id) of the signs that stand one above the other in some frame: overlapping across by half the narrower one, the gap between them under 0.6 of its width."
+    pairs = set()
+    for frame in truth:
+        for i, _, a in frame:
+            for j, _, b in frame:
+                w = min(a[2] - a[0], b[2] - b[0])
+                across = min(a[2], b[2]) - max(a[0], b[0])
+                if i != j and a[1] < b[1] and across > 0.5 * w and -0.2 * w < b[1] - a[3] < 0.6 * w: pairs.add((i, j))
+    return pairs
+
+
 # %% ../nbs/10b_video_evaluate.ipynb #6af8523a
 def _sign_table(truth:list) -> dict:
     "sign_id -> class_id of every sign in a drive's truth."
@@ -130,7 +144,7 @@ def score_tracks(truth:list, # per frame, (sign_id, class_id, box) of each sign 
                  frames_read:list, # the frames the detector read
                  iou:float=0.5, # least overlap of a sighting with a sign's box
                 ) -> dict:
-    "Counts for one drive: signs, signs found, found with the right name, split; tracks, real tracks; and the motmetrics accumulator."
+    "Counts for one drive: signs, signs found, found with the right name, split; tracks, real tracks; stacked pairs and those with both signs named; and the motmetrics accumulator."
     import motmetrics as mm
     classes = _sign_table(truth)
     finds = {}
@@ -148,10 +162,12 @@ def score_tracks(truth:list, # per frame, (sign_id, class_id, box) of each sign 
         acc.update([sid for sid, *_ in gt], [tid for tid, _ in hyp], np.where(ious.T >= iou, 1 - ious.T, np.nan), frameid=f)
     decided = {t.track_id: t.record()['class_id'] for t in tracks}
     real = {tid for ts in finds.values() for tid in ts}
-    return dict(signs=len(classes), found=len(finds), named=sum(any(decided[t] == classes[s] for t in ts) for s, ts in finds.items()),
+    named = {s for s, ts in finds.items() if any(decided[t] == classes[s] for t in ts)}
+    pairs = stacked_pairs(truth)
+    return dict(signs=len(classes), found=len(finds), named=len(named),
                 split_signs=sum(len(ts) > 1 for ts in finds.values()), tracks=len(tracks), real=len(real & set(decided)),
                 missed=sorted(s for s in classes if not any(decided[t] == classes[s] for t in finds.get(s, ()))),
-                false=sorted(set(decided) - real), accumulator=acc)
+                false=sorted(set(decided) - real), stacked_pairs=len(pairs), stacked_named=sum(a in named and b in named for a, b in pairs), accumulator=acc)
 
 # %% ../nbs/10b_video_evaluate.ipynb #7a133599
 def evaluate_video(videos:list, # simulated drives (`write_drive`), each with its `.truth.json`
