@@ -117,7 +117,8 @@ class SignTracker:
 
     def _our_id(self, class_id:int, tracker_id:int|None) -> int:
         "Our number for a class tracker's track (None: a sign seen once, which no tracker numbered)."
-        key = (class_id, int(tracker_id)) if tracker_id is not None else object()
+        if tracker_id is None: self.next_id += 1; return self.next_id - 1
+        key = (class_id, int(tracker_id))
         if key not in self.ids: self.ids[key] = self.next_id; self.next_id += 1
         return self.ids[key]
 

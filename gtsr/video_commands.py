@@ -78,15 +78,13 @@ def video_inputs(items, # `gtsr video`'s arguments: video files, folders and glo
                  fps:float|None=None, # photos a second of a sequence of photos; default their capture times, else 1
                 ) -> list:
     "Video files, and sequences of photos as `Stills`: a folder's videos, or its photos as one sequence when it has no video; a glob's photos as one sequence."
-    import glob
     photos = lambda paths: [p for p in paths if Path(p).suffix.lower() in IMAGE_SUFFIXES]
     out = []
     for item in map(str, items):
-        p = Path(item)
-        if p.is_dir() and not expand_inputs([item], VIDEO_SUFFIXES) and (shots := photos(expand_inputs([item]))): out.append(Stills(shots, item, fps))
-        elif any(ch in item for ch in '*?[') and not p.exists() and (found := sorted(glob.glob(item, recursive=True))) and photos(found) == found:
-            out.append(Stills(found, item, fps))
-        else: out += expand_inputs([item], VIDEO_SUFFIXES)
+        found = expand_inputs([item], VIDEO_SUFFIXES) # a folder's videos, a glob's matches, else the item itself
+        if Path(item).is_dir() and not found and (shots := photos(expand_inputs([item]))): out.append(Stills(shots, item, fps))
+        elif found != [item] and photos(found) == found: out.append(Stills(found, item, fps)) # a glob of photos
+        else: out += found
     return out
 
 

@@ -149,13 +149,18 @@ class Stills:
         self.paths = [Path(p) for p in paths]
         if not self.paths: raise VideoError(f"{name}: no photos")
         if fps is not None: exact_rate(fps) # a rate out of range says so now
-        self.name, self.fps, self.unreadable = str(name or self.paths[0].parent), fps, [] # unreadable: one line per photo left out
+        self.name, self.fps, self.unreadable, self._seconds = str(name or self.paths[0].parent), fps, [], None # unreadable: one line per photo left out
 
     def __str__(self): return self.name
     def __repr__(self): return f"Stills({self.name!r}, {len(self.paths)} photos)"
 
     def seconds(self) -> list[float]:
-        "Each photo's time from the first: capture times when every readable photo has one and they rise, else evenly `fps` (1) a second."
+        "Each photo's time from the first: capture times when every readable photo has one and they rise, else evenly `fps` (1) a second (read once)."
+        if self._seconds is None: self._seconds = self._times()
+        return self._seconds
+
+    def _times(self) -> list[float]:
+        "`seconds`, read from the photos."
         from datetime import datetime
         from PIL import Image
         if self.fps is None:
