@@ -69,6 +69,17 @@ def classifier_attempts() -> str:
                      f"{'-' if mean3 is None else f'{mean3:.1%}'} | `{m.get('command', '')}` |")
     return '\n'.join(lines)
 
+def classifier_pairs() -> str:
+    "The most frequent errors (true sign -> answer) of the classifiers whose metrics.json lists them (`most_confused`), each classifier's count beside each pair."
+    from gtsr.data import CLASS_NAMES, NOT_A_SIGN
+    scored = [(a['name'], load(a['figures'])) for a in load('classifier-attempts')['attempts']]
+    scored = [(name, {(p['true'], p['predicted']): p['count'] for p in m['most_confused']}) for name, m in scored if 'most_confused' in m]
+    pairs = sorted(set().union(*(c for _, c in scored)), key=lambda k: (-max(c.get(k, 0) for _, c in scored), k))
+    lines = ['| true sign | answered | ' + ' | '.join(name for name, _ in scored) + ' |', '| --- | --- |' + ' ---: |' * len(scored)]
+    for t, p in pairs:
+        lines.append(f"| {t} {CLASS_NAMES[t]} | {p} {(CLASS_NAMES + [NOT_A_SIGN])[p]} | " + ' | '.join(str(c.get((t, p), '-')) for _, c in scored) + ' |')
+    return '\n'.join(lines + ['', '"-": not among that classifier\'s 15 most frequent errors.'])
+
 def headline() -> str:
     "The shipped models' headline figures, for the README: the classifier's metrics.json (`classifier-shipped`) and the detector's robustness.json (`robustness-shipped`)."
     m, s, t = load('classifier-shipped'), summary('robustness-shipped'), _table('robustness-shipped')
@@ -110,6 +121,7 @@ FIGURES = {
     'video-drives': video_drives,
     'headline': headline,
     'classifier-attempts': classifier_attempts,
+    'classifier-pairs': classifier_pairs,
     'robustness-shipped': lambda: robustness_table('robustness-shipped'),
     'robustness-previous': lambda: robustness_table('robustness-previous'),
     'robustness-attempt10': lambda: robustness_table('robustness-attempt10'),

@@ -145,6 +145,7 @@ def evaluate(data, # GTSRB folder with labelled test images (either layout)
     uncalibrated = rescale(probs, 1 / clf.temperature)
     metrics.update(model=str(clf.path), model_sha256=file_digest(clf.path), backend=backend, data=str(data),
                    temperature=clf.temperature, ece_before_calibration=expected_calibration_error(uncalibrated, labels))
+    metrics['most_confused'] = json.loads(most_confused(probs, labels).to_json(orient='records')) # the error pairs, the most frequent first
     figures = [('confusion_matrix', plot_confusion(probs, labels)), ('most_confused', plot_most_confused(probs, labels)),
                ('top_losses', show_top_losses(test, probs, labels)), ('reliability', plot_reliability(probs, labels))]
     if clf.temperature != 1: figures.append(('reliability_before_calibration', plot_reliability(uncalibrated, labels, title='before calibration')))

@@ -325,4 +325,4 @@ def serve(settings:ServeSettings|None=None, # default `ServeSettings(**options)`
     if threading.current_thread() is threading.main_thread(): # uvicorn stops on SIGTERM, then raises it again: once stopped, exit 0 (as after Ctrl-C)
         signal.signal(signal.SIGTERM, lambda *_: None)
     uvicorn.run('gtsr.serve:create_app', factory=True, host=s.host, port=s.port, workers=s.workers, access_log=s.access_log,
-                log_level='info', timeout_graceful_shutdown=5, **uvicorn_options(limits))
+                log_level='info', timeout_graceful_shutdown=10, **uvicorn_options(limits)) # requests in flight get 10 s after SIGTERM (compose.yaml's stop_grace_period: 15 s); 5 s was too few for 8 large PNGs on 2 busy cores

@@ -52,8 +52,7 @@ class ArrayLoader(TfmdDL):
     "A fastai data loader whose batches are slices of an `ArrayDataset`: (images, labels) or (images, labels, teacher); in training, each image its spoiled copy with probability `share`."
     def create_item(self, i): return i or 0
     def create_batch(self, idx):
-        ds = self.dataset
-        idx = torch.as_tensor(idx, device=ds.images.device)
+        ds, idx = self.dataset, torch.as_tensor(idx, device=self.dataset.images.device)
         images = ds.images[idx]
         if ds.spoiled is not None and ds.split_idx == 0:
             picked = torch.rand(len(idx), device=idx.device) < ds.share # fastai's `set_seed` seeds it
@@ -110,7 +109,7 @@ def make_learner(dls:DataLoaders, # from `gtsrb_dataloaders`
                  config:TrainConfig, # resolved run options: arch, pretrained, width
                 ) -> Learner:
     "A fastai `Learner` for `config.arch` with `dls.c` outputs, label-smoothing loss (with a teacher: `DistillationLoss`) and accuracy."
-    loss = DistillationLoss(config.label_smoothing) if config.teacher else LabelSmoothingCrossEntropyFlat(eps=config.label_smoothing)
+    loss = DistillationLoss(config.label_smoothing, temperature=config.distill_temperature) if config.teacher else LabelSmoothingCrossEntropyFlat(eps=config.label_smoothing)
     common = dict(loss_func=loss, metrics=accuracy)
     if config.arch == 'signnet': return Learner(dls, signnet(dls.c, config.width), wd=0.05, **common)
     arch_fn = getattr(torchvision.models, config.arch)
@@ -137,21 +136,24 @@ def teacher_probabilities(path, # a model file listed in its manifest, trained o
     return out
 
 class DistillationLoss:
-    "Half the label-smoothed cross-entropy against the labels, half the cross-entropy against a teacher's probabilities where a batch has them."
-    def __init__(self, label_smoothing:float=0.0, teacher_weight:float=0.5): self.label_smoothing, self.teacher_weight = label_smoothing, teacher_weight
+    "Half the label-smoothed cross-entropy against the labels, half the cross-entropy against a teacher's probabilities (softened at `temperature`: `training_targets`) where a batch has them."
+    temperature = 1.0 # what learners exported before it existed unpickle with
+    def __init__(self, label_smoothing:float=0.0, teacher_weight:float=0.5, temperature:float=1.0): self.label_smoothing, self.teacher_weight, self.temperature = label_smoothing, teacher_weight, temperature
     def __call__(self, pred, labels, teacher=None):
         loss = F.cross_entropy(pred, labels, label_smoothing=self.label_smoothing)
         if teacher is None: return loss
-        return (1 - self.teacher_weight) * loss - self.teacher_weight * (teacher * F.log_softmax(pred, 1)).sum(1).mean()
+        soft = -(teacher * F.log_softmax(pred / self.temperature, 1)).sum(1).mean() * self.temperature ** 2 # T squared keeps the gradients' scale (Hinton et al.)
+        return (1 - self.teacher_weight) * loss + self.teacher_weight * soft
     def activation(self, x): return F.softmax(x, dim=-1)
     def decodes(self, x): return x.argmax(dim=-1)
 
 def training_targets(labels:np.ndarray, # class ids of the training images
                      teacher:np.ndarray, # the teacher's probabilities for them (`teacher_probabilities`)
+                     temperature:float=1.0, # above 1 softens them: p ** (1/T), normalised (the softmax of the teacher's log-probabilities / T)
                     ) -> np.ndarray:
     "The teacher's probabilities, with each image the teacher knows nothing about ('not a traffic sign') given its own label."
-    targets = teacher.copy()
-    unknown = labels >= N_CLASSES
+    soft = teacher.astype(np.float64) ** (1 / temperature)
+    targets, unknown = (soft / soft.sum(1, keepdims=True)).astype(np.float32), labels >= N_CLASSES
     targets[unknown] = np.eye(targets.shape[1], dtype=np.float32)[labels[unknown]]
     return targets
 
@@ -262,7 +264,7 @@ def learner_for(data, # extracted GTSRB folder (either layout)
         if config.teacher:
             labels = np.concatenate([trn.class_id.to_numpy(dtype='int64'), *([extra[1]] if extra else [])])
             images = np.concatenate([image_cache(trn.path, config.size, cache_dir), *([extra[0]] if extra else [])])
-            targets = training_targets(labels, teacher_probabilities(config.teacher, images, N_CLASSES + bool(extra)))
+            targets = training_targets(labels, teacher_probabilities(config.teacher, images, N_CLASSES + bool(extra)), config.distill_temperature)
         if extra and config.augmentation == 'weather': # the scene crops once more, each cut from its region spoiled at the scene's resolution
             spoiled = gtsdb_crops(config.negatives, 'train', config.size, seed=config.seed, cache_dir=cache_dir, spoil=random_spoil)
             if targets is not None: targets = np.concatenate([targets, np.eye(targets.shape[1], dtype=np.float32)[spoiled[1]]]) # their labels: the teacher never saw such pictures
