@@ -82,7 +82,7 @@ def test_missing_model_is_a_clear_error(tmp_path):
 def test_resume_after_interruption(synthetic_data, tmp_path):
     "Interrupt a real run with Ctrl-C after its first checkpoint, then --resume finishes it."
     out, env = tmp_path/'run', {'GTSR_CACHE': str(tmp_path/'cache')}
-    args = ['train', '--data', synthetic_data, '--out', out, '--epochs', '30', '--members', '1', *TINY]
+    args = ['train', '--data', synthetic_data, '--out', out, '--epochs', '12', '--members', '1', *TINY]
     p = start_gtsr_interruptible(*args, env=env)
     deadline = time.time() + 300
     while not (out/'progress.json').exists() and time.time() < deadline and p.poll() is None: time.sleep(0.2)
@@ -91,11 +91,11 @@ def test_resume_after_interruption(synthetic_data, tmp_path):
     p.communicate(timeout=120)
     assert p.returncode == 130
     stopped = json.loads((out/'progress.json').read_text())['epoch']
-    assert 1 <= stopped < 30 and not (out/'model.pkl').exists()
+    assert 1 <= stopped < 12 and not (out/'model.pkl').exists()
     r = run_gtsr(*args, '--resume', env=env, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     progress = json.loads((out/'progress.json').read_text())
-    assert progress['epoch'] == 30 and (out/'model.pkl').exists()
+    assert progress['epoch'] == 12 and (out/'model.pkl').exists()
     r = run_gtsr(*args, env=env)
     assert r.returncode == 1 and '--resume' in r.stderr
 
