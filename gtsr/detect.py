@@ -250,7 +250,7 @@ class Detector:
                     zoom:float=2.0, # how much larger the second look sees the sign
                     context:float=3.0, # the window looked at, in the sign's sides (at least `CLOSER_WINDOW` px)
                    ) -> SignDetection:
-        "`d` as a second look at the window around it, `zoom` times larger, finds it: the one found there overlapping it most by IoU >= 0.5 if that scores more, else `d`."
+        "`d` as a second look at the window around it, `zoom` times larger, sees it: the best-scoring detection there that overlaps `d` by IoU >= 0.5, if it scores more than `d`; else `d`."
         x1, y1, x2, y2 = (v / photo.scale for v in d.box)
         side, cx, cy = max(CLOSER_WINDOW, context * max(x2 - x1, y2 - y1)), (x1 + x2) / 2, (y1 + y2) / 2
         left, top = max(0, round(cx - side / 2)), max(0, round(cy - side / 2))
