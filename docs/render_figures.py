@@ -71,13 +71,13 @@ def classifier_attempts() -> str:
 
 def classifier_pairs() -> str:
     "The most frequent errors (true sign -> answer) of the classifiers whose metrics.json lists them (`most_confused`), each classifier's count beside each pair."
-    from gtsr.data import CLASS_NAMES, NOT_A_SIGN
     scored = [(a['name'], load(a['figures'])) for a in load('classifier-attempts')['attempts']]
-    scored = [(name, {(p['true'], p['predicted']): p['count'] for p in m['most_confused']}) for name, m in scored if 'most_confused' in m]
-    pairs = sorted(set().union(*(c for _, c in scored)), key=lambda k: (-max(c.get(k, 0) for _, c in scored), k))
+    scored = [(name, {(p['true'], p['predicted']): p for p in m['most_confused']}) for name, m in scored if 'most_confused' in m]
+    pairs = {k: p for _, c in scored for k, p in c.items()} # each pair's names, as `gtsr evaluate` wrote them
     lines = ['| true sign | answered | ' + ' | '.join(name for name, _ in scored) + ' |', '| --- | --- |' + ' ---: |' * len(scored)]
-    for t, p in pairs:
-        lines.append(f"| {t} {CLASS_NAMES[t]} | {p} {(CLASS_NAMES + [NOT_A_SIGN])[p]} | " + ' | '.join(str(c.get((t, p), '-')) for _, c in scored) + ' |')
+    count = lambda c, k: c[k]['count'] if k in c else 0
+    for (t, p), pair in sorted(pairs.items(), key=lambda kv: (-max(count(c, kv[0]) for _, c in scored), kv[0])):
+        lines.append(f"| {t} {pair['true_name']} | {p} {pair['predicted_name']} | " + ' | '.join(str(count(c, (t, p)) or '-') for _, c in scored) + ' |')
     return '\n'.join(lines + ['', '"-": not among that classifier\'s 15 most frequent errors.'])
 
 def headline() -> str:
