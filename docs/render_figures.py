@@ -37,6 +37,21 @@ def summary(name:str) -> dict:
     return dict(clean_recall=clean.recall, clean_precision=clean.precision, mean=three.recall.mean(), lowest_precision=three.precision.min(),
                 **{c: (r.iloc[0] if len(r) else float('nan')) for c, r in own.items()}, complete=len(three) == len(SCENE_CORRUPTIONS))
 
+def robustness_pair(before:str, after:str, # robustness JSON names (docs/figures/NAME.json)
+                    names:tuple, # what to call the two detectors in the header
+                   ) -> str:
+    "Two detectors' recall, precision and AP per corruption at level 3, side by side, with the change from `before` to `after`."
+    a, b = (_table(n).set_index(['corruption', 'level']) for n in (before, after))
+    lines = [f"| corruption | recall: {names[0]} / {names[1]} | change | precision: {names[0]} / {names[1]} | AP: {names[0]} / {names[1]} |",
+             '| --- | ---: | ---: | ---: | ---: |']
+    for key in a.index.intersection(b.index):
+        x, y = a.loc[key], b.loc[key]
+        name = 'none (clean)' if key[0] == 'none' else key[0]
+        lines.append(f"| {name} | {x.recall:.1%} / {y.recall:.1%} | {100 * (y.recall - x.recall):+.1f} | {x.precision:.1%} / {y.precision:.1%} | {x.ap:.3f} / {y.ap:.3f} |")
+    sa, sb = summary(before), summary(after)
+    lines.append(f"| **mean of the eight** | {sa['mean']:.1%} / {sb['mean']:.1%} | {100 * (sb['mean'] - sa['mean']):+.1f} | lowest {sa['lowest_precision']:.1%} / {sb['lowest_precision']:.1%} | |")
+    return '\n'.join(lines)
+
 def detector_attempts() -> str:
     "One line per detector scored under the corruptions (docs/figures/robustness-*.json, in `attempts.json`'s order)."
     lines = ['| detector | clean recall / precision | mean of the eight, level 3 | lowest precision of the eight | night / rain, level 3 |',
@@ -126,6 +141,7 @@ FIGURES = {
     'robustness-previous': lambda: robustness_table('robustness-previous'),
     'robustness-attempt10': lambda: robustness_table('robustness-attempt10'),
     'detector-attempts': detector_attempts,
+    'pasting-effect': lambda: robustness_pair('robustness-shipped', 'robustness-attempt14', ('13', '14')),
     'detector-shipped': detector_shipped,
     'operating-points': operating_points,
 }

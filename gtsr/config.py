@@ -71,6 +71,7 @@ class TrainConfig:
     teacher:str|None = None # model file (e.g. a committee) whose probabilities the network also learns from: knowledge distillation
     init:str|None = None # an exported learner (.pkl, in a manifest) of the same network to start from (a warm start, e.g. the shipped model.pkl); default fresh weights
     distill_temperature:float = 1.0 # with --teacher: the teacher's and the network's probabilities are both softened at this temperature in the teacher's half of the loss (Hinton et al. 2015); 1 learns them as they are
+    clean_negatives:bool = False # with --negatives: leave out the sign-free crops too dark and flat to tell from a dark sign (`gtsr.gtsdb.too_dark_to_tell`)
 
     def resolved(self) -> 'TrainConfig':
         "This config with the per-network defaults (`pretrained`, `epochs`, `lr`, `size`) decided, after checking the options; raises `TrainError`."
@@ -85,6 +86,7 @@ class TrainConfig:
         if not 0 < self.valid_pct < 1: raise TrainError(f"valid_pct must be between 0 and 1, not {self.valid_pct}.")
         if not 0 <= self.label_smoothing < 1: raise TrainError(f"label_smoothing must be at least 0 and below 1, not {self.label_smoothing}.")
         if not self.distill_temperature > 0: raise TrainError(f"distill_temperature must be above 0, not {self.distill_temperature}.")
+        if self.clean_negatives and not self.negatives: raise TrainError("clean_negatives needs negatives (a GTSDB folder) to clean.")
         if self.augmentation not in AUGMENTATIONS: raise TrainError(f"Unknown augmentation {self.augmentation!r}; choose one of {', '.join(AUGMENTATIONS)}.")
         return config
 

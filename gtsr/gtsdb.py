@@ -1,4 +1,4 @@
-"""`load_gtsdb`, `gtsdb_scenes` and `gtsdb_split` (the signs and scenes of the GTSDB road photos, and a validation split by scene); `background_boxes`, `scene_crops` and `gtsdb_crops` (crops of the scenes' signs and of squares that show none, decoded once and cached, for training and evaluating "not a traffic sign").
+"""`load_gtsdb`, `gtsdb_scenes` and `gtsdb_split` (the signs and scenes of the GTSDB road photos, and a validation split by scene); `background_boxes`, `scene_crops` and `gtsdb_crops` (crops of the scenes' signs and of squares that show none, decoded once and cached, for training and evaluating "not a traffic sign"), less those `too_dark_to_tell` when asked.
 
 Docs: https://gtsr.github.io/gtsr/gtsdb.html.md"""
 
@@ -6,7 +6,7 @@ Docs: https://gtsr.github.io/gtsr/gtsdb.html.md"""
 
 # %% auto #0
 __all__ = ['GTSDB_COLUMNS', 'SCENE_SUFFIXES', 'gtsdb_folder', 'load_gtsdb', 'gtsdb_scenes', 'gtsdb_split', 'background_boxes',
-           'scene_crops', 'gtsdb_crops']
+           'scene_crops', 'too_dark_to_tell', 'gtsdb_crops']
 
 # %% ../nbs/00b_gtsdb.ipynb #0b0a1b2e
 import hashlib
@@ -144,6 +144,16 @@ def scene_crops(rows:'pd.DataFrame', # path, x1, y1, x2, y2 of each box (pixels,
     with atomic_path(cache) as tmp: np.save(tmp, out)
     return out
 
+# %% ../nbs/00b_gtsdb.ipynb #722bfb60
+def too_dark_to_tell(images:np.ndarray, # N x s x s x 3 uint8 crops
+                     darkest:float=45., # mean brightness (of 255) below which...
+                     flattest:float=15., # ...and spread (standard deviation) below which a crop is too dark to tell
+                    ) -> np.ndarray:
+    "Which crops (N bools) are too dark and flat for a person to tell a sign in them from none."
+    x = np.asarray(images, np.float32)
+    axes = tuple(range(1, x.ndim))
+    return (x.mean(axes) < darkest) & (x.std(axes) < flattest)
+
 # %% ../nbs/00b_gtsdb.ipynb #fa9f93b6
 def gtsdb_crops(gtsdb, # GTSDB folder (`load_gtsdb`)
                 side:str='train', # 'train' or 'valid': the scenes of that side of `gtsdb_split`
@@ -152,6 +162,7 @@ def gtsdb_crops(gtsdb, # GTSDB folder (`load_gtsdb`)
                 seed:int=1, # seed of the sign-free boxes (and of `spoil`)
                 cache_dir=None, # decoded-image cache
                 spoil=None, # `spoil(region, rng)`: crop each box from its region of the scene spoiled at the scene's resolution (`scene_crops`)
+                clean:bool=False, # leave out the sign-free crops `too_dark_to_tell`
                ) -> tuple[np.ndarray, np.ndarray]:
     "Crops of the signs and of sign-free squares of one side's scenes, as (images, class ids); 'not a traffic sign' is class 43."
     import pandas as pd
@@ -159,4 +170,7 @@ def gtsdb_crops(gtsdb, # GTSDB folder (`load_gtsdb`)
     signs, split = load_gtsdb(gtsdb), gtsdb_split(gtsdb_scenes(gtsdb))
     scenes = split[side == 'valid']
     boxes = pd.concat([signs[signs.path.isin(scenes.path)], background_boxes(scenes, signs, per_scene, seed=seed)], ignore_index=True)
-    return scene_crops(boxes, size, cache_dir=cache_dir, spoil=spoil, seed=seed), boxes.class_id.to_numpy(dtype='int64')
+    images, labels = scene_crops(boxes, size, cache_dir=cache_dir, spoil=spoil, seed=seed), boxes.class_id.to_numpy(dtype='int64')
+    if not clean: return images, labels
+    keep = ~((labels == N_CLASSES) & too_dark_to_tell(images))
+    return np.asarray(images)[keep], labels[keep]

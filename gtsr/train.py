@@ -259,14 +259,14 @@ def learner_for(data, # extracted GTSRB folder (either layout)
     if config.all_train: trn = df[df.split == 'train']
     def dataloaders():
         "The run's loaders; they read (and the first time write) the image caches, so process 0 builds them first."
-        extra = gtsdb_crops(config.negatives, 'train', config.size, seed=config.seed, cache_dir=cache_dir) if config.negatives else None
+        extra = gtsdb_crops(config.negatives, 'train', config.size, seed=config.seed, cache_dir=cache_dir, clean=config.clean_negatives) if config.negatives else None
         targets = None
         if config.teacher:
             labels = np.concatenate([trn.class_id.to_numpy(dtype='int64'), *([extra[1]] if extra else [])])
             images = np.concatenate([image_cache(trn.path, config.size, cache_dir), *([extra[0]] if extra else [])])
             targets = training_targets(labels, teacher_probabilities(config.teacher, images, N_CLASSES + bool(extra)), config.distill_temperature)
         if extra and config.augmentation == 'weather': # the scene crops once more, each cut from its region spoiled at the scene's resolution
-            spoiled = gtsdb_crops(config.negatives, 'train', config.size, seed=config.seed, cache_dir=cache_dir, spoil=random_spoil)
+            spoiled = gtsdb_crops(config.negatives, 'train', config.size, seed=config.seed, cache_dir=cache_dir, spoil=random_spoil, clean=config.clean_negatives)
             if targets is not None: targets = np.concatenate([targets, np.eye(targets.shape[1], dtype=np.float32)[spoiled[1]]]) # their labels: the teacher never saw such pictures
             extra = tuple(np.concatenate(pair) for pair in zip(extra, spoiled))
         return gtsrb_dataloaders(trn, val, config.size, config.bs, cache_dir, device=config.device, extra=extra,
