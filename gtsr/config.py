@@ -58,6 +58,7 @@ class TrainConfig:
     bs:int = 128 # batch size
     size:int|None = None # image side in pixels; default 32 for signnet, 64 for the torchvision networks
     width:int = 32 # signnet: channels of the first stage
+    stn:bool = False # signnet: a spatial transformer in front, which learns to zoom, shift and turn each picture before the network reads it (`gtsr.model.SpatialTransformer`)
     valid_pct:float = 0.1 # share of each class's tracks held out for validation (and calibration: `gtsr calibrate`)
     all_train:bool = False # train on all training images, validation tracks too (nothing is then left to calibrate on)
     seed:int = 1 # random seed for the split, the weights and the augmentation
@@ -87,6 +88,7 @@ class TrainConfig:
         if not 0 <= self.label_smoothing < 1: raise TrainError(f"label_smoothing must be at least 0 and below 1, not {self.label_smoothing}.")
         if not self.distill_temperature > 0: raise TrainError(f"distill_temperature must be above 0, not {self.distill_temperature}.")
         if self.clean_negatives and not self.negatives: raise TrainError("clean_negatives needs negatives (a GTSDB folder) to clean.")
+        if self.stn and not signnet: raise TrainError(f"stn is signnet's; {self.arch} has no spatial transformer.")
         if self.augmentation not in AUGMENTATIONS: raise TrainError(f"Unknown augmentation {self.augmentation!r}; choose one of {', '.join(AUGMENTATIONS)}.")
         return config
 

@@ -111,7 +111,7 @@ def make_learner(dls:DataLoaders, # from `gtsrb_dataloaders`
     "A fastai `Learner` for `config.arch` with `dls.c` outputs, label-smoothing loss (with a teacher: `DistillationLoss`) and accuracy."
     loss = DistillationLoss(config.label_smoothing, temperature=config.distill_temperature) if config.teacher else LabelSmoothingCrossEntropyFlat(eps=config.label_smoothing)
     common = dict(loss_func=loss, metrics=accuracy)
-    if config.arch == 'signnet': return Learner(dls, signnet(dls.c, config.width), wd=0.05, **common)
+    if config.arch == 'signnet': return Learner(dls, signnet(dls.c, config.width, stn=config.stn), wd=0.05, **common)
     arch_fn = getattr(torchvision.models, config.arch)
     weights = 'DEFAULT' if config.pretrained else None
     try: return vision_learner(dls, arch_fn, pretrained=config.pretrained, weights=weights, normalize=False, n_out=dls.c, **common)
